@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# Builds the "tiny" guest image from the host's Debian packages: no internet beyond
+# the Debian mirror (to install the packages), no loop mounts, no root services.
+#
+#   guest/build.sh [--out DIR] [--force]
+#
+# Output directory (default: $VM_BASE_DIR/images/tiny, VM_BASE_DIR defaulting as in
+# the service): disk.qcow2, vmlinux (PVH, uncompressed), vmlinuz (bzImage), initrd.gz,
+# manifest.json. The disk is partitioned: p1 FAT16 with syslinux (BIOS boot path),
+# p2 ext4 root. The same disk boots by direct kernel boot (-kernel vmlinux) or from
+# its own bootloader under SeaBIOS.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+if [ -z "${VM_BASE_DIR:-}" ]; then
+  if [ "$(id -u)" = 0 ]; then VM_BASE_DIR=/var/lib/vm-service; else VM_BASE_DIR="$HOME/.local/share/vm-service"; fi
+fi
+out="$VM_BASE_DIR/images/tiny"
+force=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --out) out="$2"; shift 2 ;;
+    --force) force=1; shift ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    *) echo "build.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+die() { echo "guest/build.sh: $*" >&2; exit 1; }
+need_file() { [ -e "$1" ] || die "missing $1 (package $2): run  apt-get install -y $2"; }
+need_cmd() { command -v "$1" >/dev/null 2>&1 || die "missing command '$1' (package $2): run  apt-get install -y $2"; }
+
+need_cmd busybox busybox-static
+busybox --list | grep -qx acpid || die "busybox is not busybox-static: run  apt-get install -y busybox-static"
+need_cmd dropbear dropbear-bin
+need_cmd dropbearkey dropbear-bin
+need_file /usr/lib/openssh/sftp-server openssh-sftp-server
+need_cmd mkfs.ext4 e2fsprogs
+need_cmd qemu-img qemu-utils
+need_cmd cpio cpio
+need_cmd mkfs.vfat dosfstools
+need_cmd mcopy mtools
+need_cmd syslinux syslinux
+need_file /usr/lib/syslinux/mbr/mbr.bin syslinux-common
+need_cmd sfdisk fdisk
+need_cmd python3 python3
+need_cmd zip zip
+need_cmd ldd libc-bin
+kernel="$(ls -1 /boot/vmlinuz-* 2>/dev/null | sort -V | tail -n 1 || true)"
+[ -n "$kernel" ] || die "no kernel in /boot (package linux-image-amd64): run  apt-get install -y linux-image-amd64"
+kver="${kernel#/boot/vmlinuz-}"
+moddir="/lib/modules/$kver"
+[ -d "$moddir" ] || die "no modules at $moddir (package linux-image-$kver)"
+
+# Refuse to replace a base image that existing overlays back onto, unless forced.
+if [ -f "$out/disk.qcow2" ] && [ "$force" != 1 ]; then
+  users="$(find "$VM_BASE_DIR/vms" -name disk.qcow2 2>/dev/null | while read -r ov; do
+    qemu-img info --output=json "$ov" 2>/dev/null | grep -q "\"$out/disk.qcow2\"" && echo "$ov"; done || true)"
+  if [ -n "$users" ]; then
+    die "$out/disk.qcow2 backs existing VM overlays ($(echo "$users" | wc -l)); use --force to rebuild anyway"
+  fi
+fi
+
+start=$(date +%s.%N)
+work="$(mktemp -d "${TMPDIR:-/tmp}/vm-guest-build.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+root="$work/rootfs"
+mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,usr/lib/openssh,lib,lib64,etc/dropbear,etc/init.d,etc/acpi/PWRF,root,app,proc,sys,dev,run,tmp,var/log,home,mnt/seed}
+chmod 1777 "$root/tmp"; chmod 700 "$root/root"
+
+# busybox and its applets (GNU tools copied below take precedence over the links)
+cp /bin/busybox "$root/bin/busybox"
+for app in $(busybox --list-full); do
+  [ -e "$root/$app" ] || ln -s /bin/busybox "$root/$app"
+done
+
+copy_with_libs() { # copy a binary to the same path inside the rootfs, with its shared libraries
+  local bin="$1" dest="${2:-$1}"
+  rm -f "$root$dest"; mkdir -p "$(dirname "$root$dest")"; cp -L "$bin" "$root$dest"
+  ldd "$bin" 2>/dev/null | grep -oE '/[^ ]+' | while read -r lib; do
+    [ -e "$root$lib" ] || { mkdir -p "$(dirname "$root$lib")"; cp -L "$lib" "$root$lib"; }
+  done
+}
+copy_with_libs "$(command -v dropbear)" /usr/sbin/dropbear
+copy_with_libs "$(command -v dropbearkey)" /usr/bin/dropbearkey
+copy_with_libs /usr/lib/openssh/sftp-server /usr/lib/openssh/sftp-server
+# Debian's dropbear execs /usr/lib/sftp-server; upstream uses /usr/libexec/sftp-server.
+mkdir -p "$root/usr/libexec"
+ln -sf /usr/lib/openssh/sftp-server "$root/usr/lib/sftp-server"
+ln -sf /usr/lib/openssh/sftp-server "$root/usr/libexec/sftp-server"
+for tool in bash dash grep tar find xargs zip; do
+  p="$(command -v "$tool")"
+  copy_with_libs "$p" "/bin/$tool"
+  ln -sf "/bin/$tool" "$root/usr/bin/$tool"
+done
+ln -sf dash "$root/bin/sh"
+# libnss for user lookups by name (dropbear, bash prompt)
+for lib in /lib/x86_64-linux-gnu/libnss_files.so.2; do [ -e "$lib" ] && cp -L "$lib" "$root$lib"; done
+
+# static configuration, init scripts and the seed reader
+cp -a "$here/rootfs/." "$root/"
+chmod 755 "$root/etc/init.d/rcS" "$root/etc/udhcpc.script" "$root/etc/acpi/PWRF/00000080" "$root/sbin/vm-seed"
+chmod 600 "$root/etc/shadow"
+
+# modules the running system loads after switch_root (power button for ACPI shutdown)
+mods="$root/lib/modules/extra"; mkdir -p "$mods"
+modfile() { find "$moddir/kernel" -name "$1.ko" -o -name "$1.ko.xz" | head -n 1; }
+copy_mod() {
+  local f; f="$(modfile "$1")"; [ -n "$f" ] || die "kernel module $1 not found under $moddir"
+  case "$f" in *.xz) xz -dc "$f" > "$2/$1.ko" ;; *) cp "$f" "$2/$1.ko" ;; esac
+}
+for m in button evdev; do copy_mod "$m" "$mods"; done
+
+# initramfs: busybox + the modules needed to reach the ext4 root on virtio
+ird="$work/initramfs"; mkdir -p "$ird"/{bin,dev,proc,sys,newroot,lib/modules}
+cp /bin/busybox "$ird/bin/busybox"
+for app in sh mount umount insmod switch_root sleep cat mkdir ls echo; do ln -s busybox "$ird/bin/$app"; done
+initmods="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_mmio virtio-rng virtio_blk
+  crc16 crc32c_generic mbcache jbd2 ext4 failover net_failover virtio_net fat vfat nls_cp437 nls_iso8859-1 nls_ascii cdrom isofs"
+for m in $initmods; do
+  f="$(modfile "$m")"; [ -n "$f" ] || f="$(modfile "${m//-/_}")"
+  [ -n "$f" ] || die "kernel module $m not found under $moddir"
+  case "$f" in *.xz) xz -dc "$f" > "$ird/lib/modules/$m.ko" ;; *) cp "$f" "$ird/lib/modules/$m.ko" ;; esac
+done
+echo "$initmods" | tr -s ' \n' '\n' | sed '/^$/d' > "$ird/lib/modules/order"
+cp "$here/initramfs/init" "$ird/init"; chmod 755 "$ird/init"
+(cd "$ird" && find . | cpio -o -H newc --quiet | gzip -9) > "$work/initrd.gz"
+
+# kernels: the bzImage for the BIOS path, its uncompressed ELF for PVH direct boot
+python3 "$here/extract-vmlinux.py" "$kernel" "$work/vmlinux"
+
+# disk: MBR, p1 FAT16 (syslinux + kernel + initrd), p2 ext4 root — written without mounting
+size_mib=2048; boot_mib=64; p1_start=2048; p1_sectors=$((boot_mib * 2048)); p2_start=$((p1_start + p1_sectors))
+raw="$work/disk.raw"
+truncate -s "${size_mib}M" "$raw"
+printf 'label: dos\n%s,%s,c,*\n%s,,83\n' "$p1_start" "$p1_sectors" "$p2_start" | sfdisk -q "$raw" >/dev/null
+dd if=/usr/lib/syslinux/mbr/mbr.bin of="$raw" bs=440 count=1 conv=notrunc status=none
+p1_off=$((p1_start * 512)); p2_off=$((p2_start * 512))
+mkfs.vfat -F 16 -n TINYBOOT --offset "$p1_start" "$raw" $((p1_sectors / 2)) >/dev/null
+syslinux --offset "$p1_off" --install "$raw"
+cat > "$work/syslinux.cfg" <<EOF
+DEFAULT linux
+PROMPT 0
+TIMEOUT 0
+LABEL linux
+  KERNEL /vmlinuz
+  INITRD /initrd.gz
+  APPEND root=/dev/vda2 console=ttyS0
+EOF
+cp "$kernel" "$work/vmlinuz"
+mcopy -o -i "$raw@@$p1_off" "$work/syslinux.cfg" "$work/vmlinuz" "$work/initrd.gz" ::/
+p2_bytes=$(( (size_mib * 1024 * 1024) - p2_off ))
+mkfs.ext4 -q -F -L tinyroot -b 4096 -I 256 -E "root_owner=0:0,offset=$p2_off" -d "$root" "$raw" $((p2_bytes / 4096)) >/dev/null
+
+mkdir -p "$out"
+tmpq="$out/.disk.qcow2.tmp"
+qemu-img convert -f raw -O qcow2 "$raw" "$tmpq"
+cp "$work/vmlinux" "$out/vmlinux.tmp"; mv "$out/vmlinux.tmp" "$out/vmlinux"
+cp "$work/vmlinuz" "$out/vmlinuz.tmp"; mv "$out/vmlinuz.tmp" "$out/vmlinuz"
+cp "$work/initrd.gz" "$out/initrd.gz.tmp"; mv "$out/initrd.gz.tmp" "$out/initrd.gz"
+mv "$tmpq" "$out/disk.qcow2"
+chmod 644 "$out"/*
+cat > "$out/manifest.json" <<EOF
+{
+  "name": "tiny",
+  "arch": "x86_64",
+  "disk": "disk.qcow2",
+  "kernel": "vmlinux",
+  "initrd": "initrd.gz",
+  "cmdline": "root=/dev/vda2 console=ttyS0",
+  "ssh_user": "root",
+  "machine": "pc",
+  "cpu": "qemu64,+rdrand",
+  "ready_marker": "tiny-guest: rcS done",
+  "kernel_version": "$kver",
+  "built_at": $(date +%s)
+}
+EOF
+end=$(date +%s.%N)
+printf 'guest image built in %.1f s: %s (disk %s, initrd %s, vmlinux %s)\n' "$(echo "$end - $start" | bc 2>/dev/null || python3 -c "print($end-$start)")" \
+  "$out" "$(du -h "$out/disk.qcow2" | cut -f1)" "$(du -h "$out/initrd.gz" | cut -f1)" "$(du -h "$out/vmlinux" | cut -f1)"
