@@ -1,1 +1,12 @@
-
+//! vm-service: a node service that runs ephemeral QEMU VMs behind a REST + WebSocket API.
+//! Layers, arrows one way: `api` → `manager` → drivers (`qemu`, `guest`, `catalog`).
+pub mod api;
+pub mod catalog;
+pub mod config;
+pub mod guest;
+pub mod manager;
+pub mod metrics;
+pub mod model;
+pub mod qemu;
+pub mod serve;
+pub mod util;

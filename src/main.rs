@@ -1,1 +1,49 @@
-fn main() {}
+use clap::{Parser, Subcommand};
+use vm_service::config::{LogFormat, Settings};
+
+#[derive(Parser)]
+#[command(name = "vm-service", version, about = "Runs ephemeral QEMU VMs behind a REST + WebSocket API")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the API (settings come from flags, the environment or a .env file).
+    Serve(Box<Settings>),
+    /// Print the OpenAPI document.
+    Openapi,
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| "info,russh=warn".into());
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Text => b.init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let _ = dotenvy::dotenv();
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Openapi => {
+            use utoipa::OpenApi;
+            println!("{}", vm_service::api::ApiDoc::openapi().to_pretty_json().unwrap_or_default());
+            std::process::ExitCode::SUCCESS
+        }
+        Cmd::Serve(s) => {
+            init_logs(s.log_format);
+            match vm_service::serve::run(*s).await {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("vm-service: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

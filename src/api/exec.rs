@@ -1,0 +1,96 @@
+//! POST /vms/{vm_id}/execute-sh — always 200 (the platform client turns any non-2xx into
+//! a failure): `{ok, reason}` as the original plus stdout, stderr, exit_code, timed_out.
+use super::json::ApiJson;
+use super::AppState;
+use crate::guest::exec::{self, OUTPUT_CAP};
+use crate::manager::ManagerError;
+use axum::extract::{Path, State};
+use axum::Json;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use utoipa::ToSchema;
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct VmSh {
+    pub command: String,
+    /// Seconds before the command's process group is killed (default EXEC_TIMEOUT_S,
+    /// at most EXEC_MAX_TIMEOUT_S).
+    #[serde(default)]
+    pub timeout: Option<f64>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ExecResponse {
+    /// true when the command ran (whatever its exit code); false when it could not run.
+    pub ok: bool,
+    /// The original's "Result: …\nError: …" text.
+    pub reason: String,
+    pub stdout: String,
+    pub stderr: String,
+    /// "utf-8", or "base64" when the stream was not valid UTF-8.
+    pub stdout_encoding: String,
+    pub stderr_encoding: String,
+    pub exit_code: Option<i32>,
+    pub signal: Option<String>,
+    pub timed_out: bool,
+    /// Output beyond the cap (per stream) was dropped.
+    pub truncated: bool,
+}
+
+fn text(b: Vec<u8>) -> (String, String) {
+    match String::from_utf8(b) {
+        Ok(s) => (s, "utf-8".into()),
+        Err(e) => (base64::engine::general_purpose::STANDARD.encode(e.as_bytes()), "base64".into()),
+    }
+}
+
+fn fail(reason: String) -> ExecResponse {
+    ExecResponse {
+        ok: false,
+        reason,
+        stdout: String::new(),
+        stderr: String::new(),
+        stdout_encoding: "utf-8".into(),
+        stderr_encoding: "utf-8".into(),
+        exit_code: None,
+        signal: None,
+        timed_out: false,
+        truncated: false,
+    }
+}
+
+#[utoipa::path(post, path = "/vms/{vm_id}/execute-sh", request_body = VmSh, responses((status = 200, body = ExecResponse)))]
+pub async fn execute_sh(State(st): State<AppState>, Path(vm_id): Path<String>, ApiJson(body): ApiJson<VmSh>) -> Json<ExecResponse> {
+    let pool = match st.mgr.pool(&vm_id).await {
+        Ok(p) => p,
+        Err(ManagerError::NotFound) => return Json(fail("VM doesn't exist".into())),
+        Err(ManagerError::NotRunning) => return Json(fail("VM is not running".into())),
+        Err(e) => return Json(fail(e.to_string())),
+    };
+    let cfg = &st.mgr.cfg;
+    let secs = body.timeout.filter(|t| t.is_finite() && *t > 0.0).unwrap_or(cfg.exec_timeout_s as f64).min(cfg.exec_max_timeout_s as f64);
+    match exec::run(&pool, &body.command, Duration::from_secs_f64(secs), OUTPUT_CAP).await {
+        Err(e) => Json(fail(format!("could not run the command: {e}"))),
+        Ok(o) => {
+            let (stdout, stdout_encoding) = text(o.stdout);
+            let (stderr, stderr_encoding) = text(o.stderr);
+            let mut reason = exec::legacy_reason(&stdout, &stderr);
+            if o.timed_out {
+                reason = format!("{reason}\nError: timed out after {secs} s").trim().to_string();
+            }
+            Json(ExecResponse {
+                ok: true,
+                reason,
+                stdout,
+                stderr,
+                stdout_encoding,
+                stderr_encoding,
+                exit_code: o.exit_code,
+                signal: o.signal,
+                timed_out: o.timed_out,
+                truncated: o.truncated,
+            })
+        }
+    }
+}

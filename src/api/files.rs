@@ -1,0 +1,248 @@
+//! File routes: upload-files, list-dirs, read-file, create-dir, download-file,
+//! download-folder. upload-files keeps 200 + `{ok, reason}` (compat-critical); the others
+//! answer 404 unknown VM, 409 not running, 400 bad path.
+use super::error::{status_of, validation, ApiError};
+use super::json::ApiJson;
+use super::AppState;
+use crate::guest::files::{self, ArchiveFormat, DirEntry, FailedFile, ReadOutcome, UploadFile};
+use crate::manager::ManagerError;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct VmFile {
+    #[serde(default = "slash")]
+    pub path: String,
+    #[serde(default)]
+    pub text: Option<String>,
+    #[serde(default)]
+    pub content_b64: Option<String>,
+    /// Numeric mode, decimal in JSON (420 = 0o644); 0 means 0o644.
+    pub mode: u32,
+}
+
+fn slash() -> String {
+    "/".into()
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct VmUploadFiles {
+    #[serde(default)]
+    pub dest_path: Option<String>,
+    #[serde(default)]
+    pub clean: Option<bool>,
+    pub files: Vec<VmFile>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UploadResponse {
+    pub ok: bool,
+    pub reason: String,
+    pub failed: Vec<FailedFile>,
+}
+
+fn decode(f: &VmFile) -> Result<Vec<u8>, String> {
+    if let Some(t) = f.text.as_deref().filter(|t| !t.is_empty()) {
+        return Ok(t.as_bytes().to_vec());
+    }
+    let raw = f.content_b64.as_deref().unwrap_or("");
+    let cleaned: String = raw.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=')).collect();
+    base64::engine::general_purpose::STANDARD.decode(cleaned).map_err(|e| format!("content_b64 is not valid base64: {e}"))
+}
+
+#[utoipa::path(post, path = "/vms/{vm_id}/upload-files", request_body = VmUploadFiles, responses((status = 200, body = UploadResponse), (status = 404)))]
+pub async fn upload_files(State(st): State<AppState>, Path(vm_id): Path<String>, ApiJson(body): ApiJson<VmUploadFiles>) -> Result<Json<UploadResponse>, ApiError> {
+    let fail = |reason: String| Json(UploadResponse { ok: false, reason, failed: vec![] });
+    let pool = match st.mgr.pool(&vm_id).await {
+        Ok(p) => p,
+        Err(ManagerError::NotFound) => return Err(ManagerError::NotFound.into()),
+        Err(e) => return Ok(fail(e.to_string())),
+    };
+    let dest = body.dest_path.filter(|d| !d.trim().is_empty()).unwrap_or_else(|| "/app".into());
+    let clean = body.clean.unwrap_or(false);
+    let files: Vec<(String, Result<UploadFile, String>)> = body
+        .files
+        .iter()
+        .map(|f| {
+            let mode = if f.mode == 0 { 0o644 } else { f.mode };
+            (f.path.clone(), decode(f).map(|content| UploadFile { path: f.path.clone(), content, mode }))
+        })
+        .collect();
+    match files::upload(&pool, &dest, clean, files).await {
+        Err(e) => Ok(fail(e.to_string())),
+        Ok(failed) if failed.is_empty() => Ok(Json(UploadResponse { ok: true, reason: String::new(), failed })),
+        Ok(failed) => {
+            let list: Vec<String> = failed.iter().map(|f| format!("{{'path': {:?}, 'reason': {:?}}}", f.path, f.reason)).collect();
+            Ok(Json(UploadResponse { ok: false, reason: format!("Failed files: [{}]", list.join(", ")), failed }))
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct VmPaths {
+    #[serde(default = "root_paths")]
+    pub paths: Vec<String>,
+    /// find -maxdepth (default 1, capped at 20).
+    #[serde(default = "one")]
+    pub depth: u32,
+}
+
+fn root_paths() -> Vec<String> {
+    vec!["/".into()]
+}
+fn one() -> u32 {
+    1
+}
+
+#[utoipa::path(post, path = "/vms/{vm_id}/list-dirs", request_body = VmPaths, responses((status = 200, body = [DirEntry]), (status = 404), (status = 409)))]
+pub async fn list_dirs(State(st): State<AppState>, Path(vm_id): Path<String>, ApiJson(body): ApiJson<VmPaths>) -> Result<Json<Vec<DirEntry>>, ApiError> {
+    let pool = st.mgr.pool(&vm_id).await?;
+    Ok(Json(files::list_dirs(&pool, &body.paths, body.depth).await?))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct VmPath {
+    #[serde(default = "slash")]
+    pub path: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ReadFileResponse {
+    pub name: String,
+    pub content: String,
+    pub length: usize,
+    pub found: bool,
+}
+
+#[utoipa::path(post, path = "/vms/{vm_id}/read-file", request_body = VmPath, responses((status = 200, body = ReadFileResponse), (status = 404), (status = 409), (status = 413)))]
+pub async fn read_file(State(st): State<AppState>, Path(vm_id): Path<String>, ApiJson(body): ApiJson<VmPath>) -> Result<Json<ReadFileResponse>, ApiError> {
+    let pool = st.mgr.pool(&vm_id).await?;
+    let name = body.path.rsplit('/').next().unwrap_or("").to_string();
+    Ok(Json(match files::read_file(&pool, &body.path).await? {
+        ReadOutcome::Found(data) => {
+            let content = files::utf8_ignore(&data);
+            ReadFileResponse { name, length: content.chars().count(), content, found: true }
+        }
+        ReadOutcome::Missing => ReadFileResponse { name, content: String::new(), length: 0, found: false },
+    }))
+}
+
+#[utoipa::path(post, path = "/vms/{vm_id}/create-dir", request_body = VmPath, responses((status = 200, body = crate::model::ElementResponse), (status = 404), (status = 409)))]
+pub async fn create_dir(State(st): State<AppState>, Path(vm_id): Path<String>, ApiJson(body): ApiJson<VmPath>) -> Result<Json<crate::model::ElementResponse>, ApiError> {
+    let pool = st.mgr.pool(&vm_id).await?;
+    Ok(Json(match files::create_dir(&pool, &body.path).await {
+        Ok(()) => crate::model::ElementResponse::ok(),
+        Err(e) => crate::model::ElementResponse::fail(e.to_string()),
+    }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct DownloadFileQuery {
+    pub path: Option<String>,
+}
+
+pub fn content_type_for(name: &str) -> String {
+    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+    let t = match ext.as_str() {
+        "txt" | "log" | "md" | "py" | "rs" | "sh" | "c" | "h" | "go" | "java" | "toml" | "ini" | "cfg" | "conf" => "text/plain",
+        "html" | "htm" => "text/html",
+        "css" => "text/css",
+        "csv" => "text/csv",
+        "js" | "mjs" => "text/javascript",
+        "json" => "application/json",
+        "xml" => "application/xml",
+        "yaml" | "yml" => "application/yaml",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "svg" => "image/svg+xml",
+        "pdf" => "application/pdf",
+        "zip" => "application/zip",
+        "gz" | "tgz" => "application/gzip",
+        "tar" => "application/x-tar",
+        "wasm" => "application/wasm",
+        _ => "application/octet-stream",
+    };
+    if t.starts_with("text/") {
+        format!("{t}; charset=utf-8")
+    } else {
+        t.to_string()
+    }
+}
+
+fn disposition(name: &str) -> HeaderValue {
+    let safe: String = name.chars().map(|c| if c == '"' || c == '\\' || c.is_control() { '_' } else { c }).collect();
+    let ascii: String = safe.chars().map(|c| if c.is_ascii() { c } else { '_' }).collect();
+    let encoded: String = safe.bytes().map(|b| if b.is_ascii_alphanumeric() || b".-_".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect();
+    HeaderValue::from_str(&format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("attachment"))
+}
+
+fn stream_body(rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, std::io::Error>>) -> Body {
+    Body::from_stream(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }))
+}
+
+/// Download errors are honest 4xx/5xx with a JSON detail (the platform passes 4xx bodies
+/// through), not the original's 200 + ok:false.
+fn guest_error(e: ManagerError) -> Response {
+    ApiError::Status(status_of(&e), e.to_string()).into_response()
+}
+
+#[utoipa::path(get, path = "/vms/{vm_id}/download-file", params(DownloadFileQuery), responses((status = 200, description = "file bytes"), (status = 400), (status = 404), (status = 409), (status = 422)))]
+pub async fn download_file(State(st): State<AppState>, Path(vm_id): Path<String>, Query(q): Query<DownloadFileQuery>) -> Result<Response, ApiError> {
+    let path = q.path.ok_or_else(|| ApiError::Validation { loc: vec!["query".into(), "path".into()], msg: "Field required".into(), kind: "missing" })?;
+    let pool = st.mgr.pool(&vm_id).await?;
+    let dl = match files::download_file(&pool, &path).await {
+        Ok(d) => d,
+        Err(e) => return Ok(guest_error(e.into())),
+    };
+    let name = path.trim_end_matches('/').rsplit('/').next().filter(|s| !s.is_empty()).unwrap_or("download").to_string();
+    let mut resp = stream_body(dl.body).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_str(&content_type_for(&name)).unwrap_or(HeaderValue::from_static("application/octet-stream")));
+    h.insert(header::CONTENT_DISPOSITION, disposition(&name));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(dl.size));
+    Ok(resp)
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct DownloadFolderQuery {
+    pub root: Option<String>,
+    /// zip (default) or tar.gz
+    pub prefer_fmt: Option<String>,
+}
+
+#[utoipa::path(get, path = "/vms/{vm_id}/download-folder", params(DownloadFolderQuery), responses((status = 200, description = "zip or tar.gz stream"), (status = 400), (status = 404), (status = 409), (status = 422)))]
+pub async fn download_folder(State(st): State<AppState>, Path(vm_id): Path<String>, Query(q): Query<DownloadFolderQuery>) -> Result<Response, ApiError> {
+    let prefer_zip = match q.prefer_fmt.as_deref().unwrap_or("zip") {
+        "zip" => true,
+        "tar.gz" => false,
+        _ => return Err(validation(&["query", "prefer_fmt"], "String should match pattern '^(zip|tar\\.gz)$'")),
+    };
+    let root = q.root.filter(|r| !r.is_empty()).unwrap_or_else(|| "/app".into());
+    let pool = st.mgr.pool(&vm_id).await?;
+    let fmt = match files::archive_format(&pool, &root, prefer_zip).await {
+        Ok(f) => f,
+        Err(e) => return Ok(guest_error(e.into())),
+    };
+    let rx = match files::download_folder(&pool, &root, fmt).await {
+        Ok(r) => r,
+        Err(e) => return Ok(guest_error(e.into())),
+    };
+    let base = root.trim_end_matches('/').rsplit('/').next().filter(|s| !s.is_empty()).unwrap_or("archive").to_string();
+    let (ctype, name) = match fmt {
+        ArchiveFormat::Zip => ("application/zip", format!("{base}.zip")),
+        ArchiveFormat::TarGz => ("application/gzip", format!("{base}.tar.gz")),
+    };
+    let mut resp = stream_body(rx).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    resp.headers_mut().insert(header::CONTENT_DISPOSITION, disposition(&name));
+    *resp.status_mut() = StatusCode::OK;
+    Ok(resp)
+}

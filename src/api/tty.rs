@@ -1,0 +1,194 @@
+//! WebSocket /vms/{vm_id}/tty — an interactive shell on its own PTY channel.
+//! Compat mode (default): text frames in, `\n` appended, `ctrlc`/`ctrld` → 0x03/0x04,
+//! output as UTF-8 text frames decoded across chunk boundaries.
+//! Raw mode (`?mode=raw`): binary frames both ways; a text frame
+//! `{"type":"resize","cols":C,"rows":R}` resizes the PTY.
+//! Close codes: 1000 shell exited, 4404 unknown VM, 4409 VM not running, 1011 guest error.
+use super::AppState;
+use crate::manager::ManagerError;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use futures::{SinkExt, StreamExt};
+use russh::ChannelMsg;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct TtyQuery {
+    /// `raw` for binary frames + resize; default compat (the original's text protocol).
+    pub mode: Option<String>,
+    /// Bearer token, for browsers that cannot set the Authorization header.
+    pub token: Option<String>,
+    pub cols: Option<u32>,
+    pub rows: Option<u32>,
+}
+
+#[utoipa::path(get, path = "/vms/{vm_id}/tty", params(TtyQuery), responses((status = 101, description = "WebSocket upgrade"), (status = 401), (status = 403)))]
+pub async fn tty(State(st): State<AppState>, Path(vm_id): Path<String>, Query(q): Query<TtyQuery>, ws: WebSocketUpgrade) -> Response {
+    let raw = q.mode.as_deref() == Some("raw");
+    let (cols, rows) = (q.cols.unwrap_or(120).clamp(10, 1000), q.rows.unwrap_or(32).clamp(5, 1000));
+    ws.on_upgrade(move |socket| session(st, vm_id, raw, cols, rows, socket))
+}
+
+async fn close(mut socket: WebSocket, text: Option<&str>, code: u16, reason: &str) {
+    if let Some(t) = text {
+        let _ = socket.send(Message::Text(t.into())).await;
+    }
+    let _ = socket.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+}
+
+/// Splits off the longest valid UTF-8 prefix; an incomplete trailing sequence is kept
+/// for the next chunk, invalid bytes are replaced.
+pub fn decode_utf8(carry: &mut Vec<u8>, chunk: &[u8]) -> String {
+    carry.extend_from_slice(chunk);
+    let mut out = String::new();
+    let mut rest: &[u8] = carry;
+    loop {
+        match std::str::from_utf8(rest) {
+            Ok(s) => {
+                out.push_str(s);
+                rest = &[];
+                break;
+            }
+            Err(e) => {
+                let (good, bad) = rest.split_at(e.valid_up_to());
+                out.push_str(std::str::from_utf8(good).unwrap_or_default());
+                match e.error_len() {
+                    Some(n) => {
+                        out.push('\u{FFFD}');
+                        rest = &bad[n..];
+                    }
+                    None => {
+                        rest = bad;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    let keep = rest.to_vec();
+    *carry = keep;
+    out
+}
+
+/// Compat-mode input: the original's line protocol.
+pub fn compat_input(text: &str) -> Vec<u8> {
+    match text.trim() {
+        "ctrlc" => vec![0x03],
+        "ctrld" => vec![0x04],
+        _ if text.ends_with('\n') => text.as_bytes().to_vec(),
+        _ => format!("{text}\n").into_bytes(),
+    }
+}
+
+#[derive(Deserialize)]
+struct Resize {
+    #[serde(rename = "type")]
+    kind: String,
+    cols: u32,
+    rows: u32,
+}
+
+async fn session(st: AppState, vm_id: String, raw: bool, cols: u32, rows: u32, socket: WebSocket) {
+    let pool = match st.mgr.pool(&vm_id).await {
+        Ok(p) => p,
+        Err(ManagerError::NotFound) => return close(socket, Some("VM not found"), 4404, "VM not found").await,
+        Err(ManagerError::NotRunning) => return close(socket, Some("VM not running"), 4409, "VM not running").await,
+        Err(e) => return close(socket, Some(&e.to_string()), 1011, "guest error").await,
+    };
+    let lease = match pool.session().await {
+        Ok(l) => l,
+        Err(e) => return close(socket, Some(&e.to_string()), 1011, "guest error").await,
+    };
+    let (channel, _permit) = lease.into_parts();
+    if let Err(e) = async {
+        channel.request_pty(true, "xterm-256color", cols, rows, 0, 0, &[]).await?;
+        channel.request_shell(true).await
+    }
+    .await
+    {
+        return close(socket, Some(&format!("could not start a shell: {e}")), 1011, "guest error").await;
+    }
+    let (mut rd, wr) = channel.split();
+    let (mut ws_tx, mut ws_rx) = socket.split();
+    // Output: pushed as it arrives; `send` awaits the socket, which is the backpressure.
+    let out = async move {
+        let mut carry = Vec::new();
+        while let Some(msg) = rd.wait().await {
+            let data = match msg {
+                ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } => data,
+                ChannelMsg::Eof | ChannelMsg::Close => break,
+                _ => continue,
+            };
+            let frame = if raw {
+                Message::Binary(bytes::Bytes::copy_from_slice(&data))
+            } else {
+                let s = decode_utf8(&mut carry, &data);
+                if s.is_empty() {
+                    continue;
+                }
+                Message::Text(s.into())
+            };
+            if ws_tx.send(frame).await.is_err() {
+                return ws_tx;
+            }
+        }
+        let _ = ws_tx.send(Message::Close(Some(CloseFrame { code: 1000, reason: "shell exited".into() }))).await;
+        ws_tx
+    };
+    let input = async {
+        while let Some(Ok(msg)) = ws_rx.next().await {
+            let bytes = match msg {
+                Message::Text(t) if raw => match serde_json::from_str::<Resize>(t.as_str()) {
+                    Ok(r) if r.kind == "resize" => {
+                        let _ = wr.window_change(r.cols.clamp(1, 1000), r.rows.clamp(1, 1000), 0, 0).await;
+                        continue;
+                    }
+                    _ => t.as_bytes().to_vec(),
+                },
+                Message::Text(t) => compat_input(t.as_str()),
+                Message::Binary(b) => b.to_vec(),
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if wr.data_bytes(bytes::Bytes::from(bytes)).await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::pin!(out);
+    tokio::select! {
+        _ = &mut out => {}
+        _ = input => {
+            // Client went away: close the channel so no shell is left behind.
+            let _ = wr.eof().await;
+            let _ = wr.close().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utf8_split_across_chunks_arrives_intact() {
+        let text = "héllo wörld ✓ 日本";
+        let bytes = text.as_bytes();
+        let mut carry = Vec::new();
+        let mut out = String::new();
+        for b in bytes.chunks(1) {
+            out.push_str(&decode_utf8(&mut carry, b));
+        }
+        assert_eq!(out, text);
+        assert!(carry.is_empty());
+    }
+
+    #[test]
+    fn compat_input_follows_the_original() {
+        assert_eq!(compat_input("ls"), b"ls\n");
+        assert_eq!(compat_input("ls\n"), b"ls\n");
+        assert_eq!(compat_input("ctrlc"), vec![3]);
+        assert_eq!(compat_input(" ctrld\n"), vec![4]);
+    }
+}

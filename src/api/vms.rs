@@ -1,0 +1,94 @@
+//! /vms lifecycle routes: create, list, batch get, get, actions, delete.
+use super::error::{validation, ApiError};
+use super::json::ApiJson;
+use super::AppState;
+use crate::manager::lifecycle::CreateSpec;
+use crate::model::VmOut;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct VmCreate {
+    pub vcpus: u32,
+    pub mem_mib: u32,
+    pub disk_gib: u32,
+    /// Image name (under VM_BASE_DIR/images) or absolute path; default VM_BASE_IMAGE.
+    #[serde(default)]
+    pub base_image: Option<String>,
+    /// SSH readiness timeout for this VM; default VM_TIMEOUT_BOOT_S.
+    #[serde(default)]
+    pub timeout_boot_s: Option<u64>,
+    /// No egress at all for the guest (QEMU user net restrict=on).
+    #[serde(default)]
+    pub no_egress: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct VmAction {
+    /// start, stop or reboot
+    pub action: String,
+    #[serde(default)]
+    pub cleanup_disks: Option<bool>,
+}
+
+fn out(st: &AppState, r: &crate::model::VmRecord) -> VmOut {
+    VmOut::from_record(r, &st.mgr.cfg.node_name)
+}
+
+#[utoipa::path(post, path = "/vms/", request_body = VmCreate, responses((status = 201, body = VmOut), (status = 422)))]
+pub async fn create(State(st): State<AppState>, ApiJson(body): ApiJson<VmCreate>) -> Result<(StatusCode, Json<VmOut>), ApiError> {
+    if body.timeout_boot_s == Some(0) {
+        return Err(validation(&["body", "timeout_boot_s"], "timeout_boot_s must be at least 1"));
+    }
+    let rec = st
+        .mgr
+        .create(CreateSpec {
+            vcpus: body.vcpus,
+            mem_mib: body.mem_mib,
+            disk_gib: body.disk_gib,
+            base_image: body.base_image,
+            timeout_boot_s: body.timeout_boot_s,
+            no_egress: body.no_egress.unwrap_or(false),
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(out(&st, &rec))))
+}
+
+#[utoipa::path(get, path = "/vms/", responses((status = 200, body = [VmOut])))]
+pub async fn list(State(st): State<AppState>) -> Result<Json<Vec<VmOut>>, ApiError> {
+    let recs = st.mgr.catalog.list().await.map_err(crate::manager::ManagerError::from)?;
+    Ok(Json(recs.iter().map(|r| out(&st, r)).collect()))
+}
+
+#[utoipa::path(get, path = "/vms/list/{vm_ids}", params(("vm_ids" = String, Path, description = "comma-separated ids")),
+    responses((status = 200, body = [VmOut], description = "request order; unknown ids skipped")))]
+pub async fn list_ids(State(st): State<AppState>, Path(vm_ids): Path<String>) -> Result<Json<Vec<VmOut>>, ApiError> {
+    let ids: Vec<String> = vm_ids.split(',').map(|s| s.trim().to_string()).filter(|s| crate::model::valid_vm_id(s)).collect();
+    let recs = st.mgr.catalog.get_many(&ids).await.map_err(crate::manager::ManagerError::from)?;
+    Ok(Json(recs.iter().map(|r| out(&st, r)).collect()))
+}
+
+#[utoipa::path(get, path = "/vms/{vm_id}", responses((status = 200, body = VmOut), (status = 404)))]
+pub async fn get_vm(State(st): State<AppState>, Path(vm_id): Path<String>) -> Result<Json<VmOut>, ApiError> {
+    Ok(Json(out(&st, &st.mgr.get(&vm_id).await?)))
+}
+
+#[utoipa::path(post, path = "/vms/{vm_id}/actions", request_body = VmAction,
+    responses((status = 200, body = VmOut), (status = 404), (status = 409), (status = 422)))]
+pub async fn actions(State(st): State<AppState>, Path(vm_id): Path<String>, ApiJson(body): ApiJson<VmAction>) -> Result<Json<VmOut>, ApiError> {
+    let rec = match body.action.as_str() {
+        "start" => st.mgr.start(&vm_id).await?,
+        "stop" => st.mgr.stop(&vm_id, body.cleanup_disks.unwrap_or(false)).await?,
+        "reboot" => st.mgr.reboot(&vm_id).await?,
+        _ => return Err(validation(&["body", "action"], "Input should be 'start', 'stop' or 'reboot'")),
+    };
+    Ok(Json(out(&st, &rec)))
+}
+
+#[utoipa::path(delete, path = "/vms/{vm_id}", responses((status = 200, body = VmOut, description = "the VM as it was before deletion"), (status = 404)))]
+pub async fn delete_vm(State(st): State<AppState>, Path(vm_id): Path<String>) -> Result<Json<VmOut>, ApiError> {
+    Ok(Json(out(&st, &st.mgr.delete(&vm_id).await?)))
+}

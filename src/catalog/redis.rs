@@ -1,0 +1,148 @@
+//! Redis catalog with the original's key layout: `{prefix}:vm:{id}` holds the JSON
+//! record and the set `{prefix}:vms` the ids (with the default prefix `vmservice:`
+//! the keys carry a double colon, exactly as the original wrote them).
+//! Updates are read-modify-write under a per-VM lock held by this process: one node
+//! owns its VMs, so this is what keeps two tasks from losing each other's update.
+use super::{decode, encode, Catalog, CatalogError, Mutator, Result};
+use crate::model::{now, VmRecord};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::AsyncCommands;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub struct RedisCatalog {
+    conn: ConnectionManager,
+    prefix: String,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+fn unavailable(e: redis::RedisError) -> CatalogError {
+    CatalogError::Unavailable(format!("redis: {e}"))
+}
+
+impl RedisCatalog {
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(3)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_with_config(client, cfg).await.map_err(unavailable)?;
+        Ok(RedisCatalog { conn, prefix: prefix.to_string(), locks: Mutex::new(HashMap::new()) })
+    }
+
+    pub fn record_key(&self, id: &str) -> String {
+        format!("{}:vm:{}", self.prefix, id)
+    }
+
+    pub fn index_key(&self) -> String {
+        format!("{}:vms", self.prefix)
+    }
+
+    fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut m = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(id.to_string()).or_default().clone()
+    }
+
+    async fn write(&self, rec: &VmRecord) -> Result<()> {
+        let mut c = self.conn.clone();
+        redis::pipe()
+            .set(self.record_key(&rec.id), encode(rec))
+            .sadd(self.index_key(), &rec.id)
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(unavailable)
+    }
+}
+
+impl Catalog for RedisCatalog {
+    fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<VmRecord>>> {
+        async move {
+            let mut c = self.conn.clone();
+            let raw: Option<Vec<u8>> = c.get(self.record_key(id)).await.map_err(unavailable)?;
+            raw.map(|r| decode(id, &r)).transpose()
+        }
+        .boxed()
+    }
+
+    fn get_many<'a>(&'a self, ids: &'a [String]) -> BoxFuture<'a, Result<Vec<VmRecord>>> {
+        async move {
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut c = self.conn.clone();
+            let keys: Vec<String> = ids.iter().map(|id| self.record_key(id)).collect();
+            let raws: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(&keys).query_async(&mut c).await.map_err(unavailable)?;
+            let mut out = Vec::with_capacity(ids.len());
+            for (id, raw) in ids.iter().zip(raws) {
+                if let Some(raw) = raw {
+                    match decode(id, &raw) {
+                        Ok(r) => out.push(r),
+                        Err(e) => tracing::warn!(error = %e, "skipping unreadable catalog record"),
+                    }
+                }
+            }
+            Ok(out)
+        }
+        .boxed()
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<VmRecord>>> {
+        async move {
+            let mut c = self.conn.clone();
+            let mut ids: Vec<String> = c.smembers(self.index_key()).await.map_err(unavailable)?;
+            ids.sort();
+            self.get_many(&ids).await
+        }
+        .boxed()
+    }
+
+    fn put(&self, mut rec: VmRecord) -> BoxFuture<'_, Result<()>> {
+        async move {
+            let lock = self.lock_for(&rec.id);
+            let _g = lock.lock().await;
+            rec.updated_at = now();
+            self.write(&rec).await
+        }
+        .boxed()
+    }
+
+    fn update<'a>(&'a self, id: &'a str, f: Mutator) -> BoxFuture<'a, Result<Option<VmRecord>>> {
+        async move {
+            let lock = self.lock_for(id);
+            let _g = lock.lock().await;
+            let Some(mut rec) = self.get(id).await? else { return Ok(None) };
+            f(&mut rec);
+            rec.updated_at = now();
+            self.write(&rec).await?;
+            Ok(Some(rec))
+        }
+        .boxed()
+    }
+
+    fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>> {
+        async move {
+            let lock = self.lock_for(id);
+            let _g = lock.lock().await;
+            let mut c = self.conn.clone();
+            redis::pipe()
+                .del(self.record_key(id))
+                .srem(self.index_key(), id)
+                .query_async::<()>(&mut c)
+                .await
+                .map_err(unavailable)?;
+            drop(_g);
+            self.locks.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+}

@@ -1,0 +1,306 @@
+//! Settings: every variable of the original's README (same names and meanings) plus
+//! ours; all readable from the environment or a `.env` file, all listed by
+//! `vm-service serve --help`.
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AccelChoice {
+    /// Probe: KVM only if a test guest really runs under it, else TCG.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
+    pub listen_addr: String,
+    /// Bearer token for every route but /health and the docs. When unset, a strong token is
+    /// generated once and stored in VM_BASE_DIR/auth_token (its path is printed).
+    #[arg(long, env = "AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+    /// Redis URL for the catalog (e.g. redis://127.0.0.1:6379/1). Unset: embedded catalog
+    /// (a redb file under VM_BASE_DIR).
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Key prefix in Redis; keys are `{prefix}:vm:{id}` and `{prefix}:vms` as in the original.
+    #[arg(long, env = "REDIS_PREFIX", default_value = "vmservice:")]
+    pub redis_prefix: String,
+    /// Name of this node, returned as VMOut.node.
+    #[arg(long, env = "NODE_NAME", default_value = "local-node")]
+    pub node_name: String,
+    /// Data directory: VM workdirs (vms/<id>), images, keys, the embedded catalog, the token.
+    /// Default /var/lib/vm-service as root, else ~/.local/share/vm-service.
+    #[arg(long, env = "VM_BASE_DIR")]
+    pub vm_base_dir: Option<String>,
+    /// User the service logs into the guests as (written into cloud-init user-data).
+    #[arg(long, env = "VM_SSH_USER", default_value = "root")]
+    pub vm_ssh_user: String,
+    /// Private key used for the guests; its .pub is injected via cloud-init. Generated
+    /// (ed25519) when missing. Default VM_BASE_DIR/keys/id_ed25519.
+    #[arg(long, env = "VM_SSH_PRIVKEY")]
+    pub vm_ssh_privkey: Option<String>,
+    /// QEMU system emulator. Default qemu-system-<host arch> from PATH.
+    #[arg(long, env = "VM_QEMU_BIN")]
+    pub vm_qemu_bin: Option<String>,
+    /// qemu-img binary.
+    #[arg(long, env = "VM_QEMU_IMG", default_value = "qemu-img")]
+    pub vm_qemu_img: String,
+    /// Base image: a qcow2 path (a manifest.json beside it selects direct kernel boot,
+    /// otherwise the disk boots its own bootloader), an image directory, or an image name
+    /// under VM_BASE_DIR/images. Default VM_BASE_DIR/images/tiny/disk.qcow2 (guest/build.sh).
+    #[arg(long, env = "VM_BASE_IMAGE")]
+    pub vm_base_image: Option<String>,
+    /// Seconds a VM may take from QEMU start to SSH ready before it goes to `error`.
+    #[arg(long, env = "VM_TIMEOUT_BOOT_S", default_value_t = 600)]
+    pub vm_timeout_boot_s: u64,
+    /// Run QEMU as this uid (requires root). Default: the uid of user `vmnet` if it exists.
+    #[arg(long, env = "VM_RUN_AS_UID")]
+    pub vm_run_as_uid: Option<u32>,
+    /// Run QEMU with this gid (requires root). Default: the gid of user `vmnet` if it exists.
+    #[arg(long, env = "VM_RUN_AS_GID")]
+    pub vm_run_as_gid: Option<u32>,
+    /// UEFI firmware for aarch64 guests, when the built-in search does not find one.
+    #[arg(long, env = "VM_UEFI_ARM64")]
+    pub vm_uefi_arm64: Option<String>,
+    /// Accelerator: auto (probe KVM with a real test guest, fall back to TCG), kvm or tcg.
+    #[arg(long, env = "VM_ACCEL", value_enum, default_value = "auto")]
+    pub vm_accel: AccelChoice,
+    /// TCG translation cache size in MiB (caps QEMU RSS under TCG; 0 = QEMU's default).
+    #[arg(long, env = "VM_TCG_TB_SIZE", default_value_t = 128)]
+    pub vm_tcg_tb_size: u32,
+    /// Upper bound for vcpus per VM (0 = the host's CPU count).
+    #[arg(long, env = "VM_MAX_VCPUS", default_value_t = 0)]
+    pub vm_max_vcpus: u32,
+    /// Upper bound for mem_mib per VM.
+    #[arg(long, env = "VM_MAX_MEM_MIB", default_value_t = 16384)]
+    pub vm_max_mem_mib: u32,
+    /// Upper bound for disk_gib per VM.
+    #[arg(long, env = "VM_MAX_DISK_GIB", default_value_t = 200)]
+    pub vm_max_disk_gib: u32,
+    /// Default execute-sh timeout in seconds (a request may ask up to EXEC_MAX_TIMEOUT_S).
+    #[arg(long, env = "EXEC_TIMEOUT_S", default_value_t = 60)]
+    pub exec_timeout_s: u64,
+    /// Largest execute-sh timeout a request may ask for, in seconds.
+    #[arg(long, env = "EXEC_MAX_TIMEOUT_S", default_value_t = 3600)]
+    pub exec_max_timeout_s: u64,
+    /// Log format: text or json (JSON lines).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// Tokens that must never protect a node (the original shipped `N/A`).
+const WELL_KNOWN_TOKENS: &[&str] = &["n/a", "na", "none", "null", "token", "secret", "changeme", "password", "admin", "test"];
+
+pub fn expand_tilde(p: &str) -> PathBuf {
+    if p == "~" {
+        return home_dir();
+    }
+    if let Some(rest) = p.strip_prefix("~/") {
+        return home_dir().join(rest);
+    }
+    PathBuf::from(p)
+}
+
+fn home_dir() -> PathBuf {
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"))
+}
+
+pub fn default_base_dir() -> PathBuf {
+    if nix::unistd::Uid::effective().is_root() {
+        PathBuf::from("/var/lib/vm-service")
+    } else {
+        home_dir().join(".local/share/vm-service")
+    }
+}
+
+/// Settings after defaults are resolved and paths expanded.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub listen_addr: String,
+    pub auth_token: String,
+    pub token_file: Option<PathBuf>,
+    pub redis_url: Option<String>,
+    pub redis_prefix: String,
+    pub node_name: String,
+    pub base_dir: PathBuf,
+    pub ssh_user: String,
+    pub ssh_privkey: PathBuf,
+    pub qemu_bin: String,
+    pub qemu_img: String,
+    pub base_image: String,
+    pub timeout_boot_s: u64,
+    pub run_as: Option<(u32, u32)>,
+    pub uefi_arm64: Option<PathBuf>,
+    pub accel: AccelChoice,
+    pub tcg_tb_size: u32,
+    pub max_vcpus: u32,
+    pub max_mem_mib: u32,
+    pub max_disk_gib: u32,
+    pub exec_timeout_s: u64,
+    pub exec_max_timeout_s: u64,
+}
+
+impl Resolved {
+    pub fn vms_dir(&self) -> PathBuf {
+        self.base_dir.join("vms")
+    }
+    pub fn images_dir(&self) -> PathBuf {
+        self.base_dir.join("images")
+    }
+}
+
+pub fn host_qemu_bin() -> String {
+    match std::env::consts::ARCH {
+        "aarch64" => "qemu-system-aarch64".into(),
+        _ => "qemu-system-x86_64".into(),
+    }
+}
+
+impl Settings {
+    pub fn resolve(&self) -> anyhow::Result<Resolved> {
+        let base_dir = self.vm_base_dir.as_deref().map(expand_tilde).unwrap_or_else(default_base_dir);
+        std::fs::create_dir_all(base_dir.join("vms"))
+            .with_context(|| format!("creating VM_BASE_DIR {}", base_dir.display()))?;
+        let ssh_privkey = self
+            .vm_ssh_privkey
+            .as_deref()
+            .map(expand_tilde)
+            .unwrap_or_else(|| base_dir.join("keys/id_ed25519"));
+        let (auth_token, token_file) = resolve_token(self.auth_token.as_deref(), &base_dir)?;
+        let run_as = match (self.vm_run_as_uid, self.vm_run_as_gid) {
+            (Some(u), Some(g)) => Some((u, g)),
+            (Some(u), None) => Some((u, u)),
+            (None, Some(_)) => bail!("VM_RUN_AS_GID is set without VM_RUN_AS_UID"),
+            (None, None) => nix::unistd::User::from_name("vmnet").ok().flatten().map(|u| (u.uid.as_raw(), u.gid.as_raw())),
+        };
+        let max_vcpus = if self.vm_max_vcpus == 0 {
+            std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
+        } else {
+            self.vm_max_vcpus
+        };
+        Ok(Resolved {
+            listen_addr: self.listen_addr.clone(),
+            auth_token,
+            token_file,
+            redis_url: self.redis_url.clone().filter(|s| !s.trim().is_empty()),
+            redis_prefix: self.redis_prefix.clone(),
+            node_name: self.node_name.clone(),
+            base_image: self
+                .vm_base_image
+                .as_deref()
+                .map(|s| expand_tilde(s).to_string_lossy().into_owned())
+                .unwrap_or_else(|| base_dir.join("images/tiny/disk.qcow2").to_string_lossy().into_owned()),
+            base_dir,
+            ssh_user: self.vm_ssh_user.clone(),
+            ssh_privkey,
+            qemu_bin: self.vm_qemu_bin.clone().unwrap_or_else(host_qemu_bin),
+            qemu_img: self.vm_qemu_img.clone(),
+            timeout_boot_s: self.vm_timeout_boot_s.max(1),
+            run_as,
+            uefi_arm64: self.vm_uefi_arm64.as_deref().map(expand_tilde),
+            accel: self.vm_accel,
+            tcg_tb_size: self.vm_tcg_tb_size,
+            max_vcpus,
+            max_mem_mib: self.vm_max_mem_mib,
+            max_disk_gib: self.vm_max_disk_gib,
+            exec_timeout_s: self.exec_timeout_s.max(1),
+            exec_max_timeout_s: self.exec_max_timeout_s.max(1),
+        })
+    }
+}
+
+fn resolve_token(given: Option<&str>, base_dir: &Path) -> anyhow::Result<(String, Option<PathBuf>)> {
+    if let Some(t) = given {
+        let t = t.trim();
+        if t.is_empty() {
+            bail!("AUTH_TOKEN is empty; unset it to have a strong token generated, or set a strong one");
+        }
+        if WELL_KNOWN_TOKENS.contains(&t.to_ascii_lowercase().as_str()) || t.len() < 12 {
+            bail!("AUTH_TOKEN {t:?} is well known or shorter than 12 characters; refusing to run with it");
+        }
+        return Ok((t.to_string(), None));
+    }
+    let path = base_dir.join("auth_token");
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        let existing = existing.trim().to_string();
+        if existing.len() >= 32 {
+            return Ok((existing, Some(path)));
+        }
+    }
+    let mut bytes = [0u8; 32];
+    rand::Rng::fill(&mut rand::rng(), &mut bytes);
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    crate::util::write_private(&path, token.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+    Ok((token, Some(path)))
+}
+
+/// Makes sure the SSH key pair exists (ed25519, generated when missing) and returns the
+/// public key line.
+pub fn ensure_ssh_key(privkey: &Path) -> anyhow::Result<String> {
+    let pubpath = PathBuf::from(format!("{}.pub", privkey.display()));
+    if !privkey.exists() {
+        if let Some(dir) = privkey.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let mut seed = [0u8; 32];
+        rand::Rng::fill(&mut rand::rng(), &mut seed);
+        let pair = russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&seed);
+        let mut key = russh::keys::PrivateKey::from(pair);
+        key.set_comment("vm-service");
+        let text = key.to_openssh(russh::keys::ssh_key::LineEnding::LF).context("encoding the new SSH key")?;
+        crate::util::write_private(privkey, text.as_bytes()).with_context(|| format!("writing {}", privkey.display()))?;
+        let public = key.public_key().to_openssh().context("encoding the public key")?;
+        std::fs::write(&pubpath, format!("{public}\n")).with_context(|| format!("writing {}", pubpath.display()))?;
+        tracing::info!(path = %privkey.display(), "generated an ed25519 SSH key pair for the guests");
+    }
+    if !pubpath.exists() {
+        let key = russh::keys::load_secret_key(privkey, None).with_context(|| format!("reading {}", privkey.display()))?;
+        let public = key.public_key().to_openssh().context("encoding the public key")?;
+        std::fs::write(&pubpath, format!("{public}\n")).with_context(|| format!("writing {}", pubpath.display()))?;
+    }
+    let public = std::fs::read_to_string(&pubpath).with_context(|| format!("reading {}", pubpath.display()))?;
+    Ok(public.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tilde_expands_to_home() {
+        std::env::set_var("HOME", "/home/x");
+        assert_eq!(expand_tilde("~/k"), PathBuf::from("/home/x/k"));
+        assert_eq!(expand_tilde("/abs"), PathBuf::from("/abs"));
+    }
+
+    #[test]
+    fn well_known_and_empty_tokens_are_refused() {
+        let d = std::env::temp_dir();
+        assert!(resolve_token(Some("N/A"), &d).is_err());
+        assert!(resolve_token(Some(""), &d).is_err());
+        assert!(resolve_token(Some("short"), &d).is_err());
+        assert!(resolve_token(Some("a-strong-enough-token"), &d).is_ok());
+    }
+
+    #[test]
+    fn generated_token_is_stored_and_reused() {
+        let d = std::env::temp_dir().join(format!("vmsvc-token-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let (t1, p1) = resolve_token(None, &d).unwrap();
+        let (t2, _) = resolve_token(None, &d).unwrap();
+        assert_eq!(t1, t2);
+        assert_eq!(t1.len(), 64);
+        assert!(p1.unwrap().exists());
+        std::fs::remove_dir_all(&d).ok();
+    }
+}

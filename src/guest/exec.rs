@@ -1,0 +1,141 @@
+//! Commands in the guest: separate stdout/stderr, exit code, real timeouts that kill
+//! the remote process group, output caps.
+use super::pool::Pool;
+use super::GuestError;
+use crate::util::shell_quote;
+use russh::ChannelMsg;
+use std::time::Duration;
+
+/// Per-stream output cap for execute-sh (bytes kept; the rest is drained and dropped).
+pub const OUTPUT_CAP: usize = 4 * 1024 * 1024;
+
+#[derive(Debug, Default, Clone)]
+pub struct ExecOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<String>,
+    pub timed_out: bool,
+    pub truncated: bool,
+}
+
+/// The command as the guest shell sees it: line 1 records the shell's pid (the session
+/// and process-group leader, so a timeout can kill everything it started); the user's
+/// command follows on its own lines, parsed exactly as `sh -c` would.
+fn wrap(command: &str, marker: &str) -> String {
+    format!("echo $$ > {marker}; trap 'rm -f {marker}' EXIT\n{command}")
+}
+
+fn marker_path() -> String {
+    format!("/tmp/.vmsvc-exec-{}.pid", uuid::Uuid::new_v4().simple())
+}
+
+pub async fn kill_marked(pool: &Pool, marker: &str) {
+    let q = shell_quote(marker);
+    let cmd = format!("p=$(cat {q} 2>/dev/null) && [ -n \"$p\" ] && {{ kill -KILL -- -$p 2>/dev/null; pkill -KILL -s $p 2>/dev/null; kill -KILL $p 2>/dev/null; }}; rm -f {q}");
+    if let Ok(mut lease) = pool.session().await {
+        if lease.channel.exec(true, cmd).await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), async { while lease.channel.wait().await.is_some() {} }).await;
+        }
+    }
+}
+
+fn push_capped(buf: &mut Vec<u8>, data: &[u8], cap: usize, truncated: &mut bool) {
+    let room = cap.saturating_sub(buf.len());
+    if data.len() > room {
+        *truncated = true;
+    }
+    buf.extend_from_slice(&data[..data.len().min(room)]);
+}
+
+pub async fn run(pool: &Pool, command: &str, timeout: Duration, cap: usize) -> Result<ExecOutput, GuestError> {
+    let marker = marker_path();
+    let mut lease = pool.session().await?;
+    lease.channel.exec(true, wrap(command, &marker)).await?;
+    lease.channel.eof().await?;
+    let mut out = ExecOutput::default();
+    let read = async {
+        while let Some(msg) = lease.channel.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => push_capped(&mut out.stdout, &data, cap, &mut out.truncated),
+                ChannelMsg::ExtendedData { data, ext: 1 } => push_capped(&mut out.stderr, &data, cap, &mut out.truncated),
+                ChannelMsg::ExitStatus { exit_status } => out.exit_code = Some(exit_status as i32),
+                ChannelMsg::ExitSignal { signal_name, .. } => out.signal = Some(format!("{signal_name:?}")),
+                ChannelMsg::Failure => return Err(GuestError::Ssh("the guest refused the exec request".into())),
+                _ => {}
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok(r) => r?,
+        Err(_) => {
+            out.timed_out = true;
+            let _ = lease.channel.close().await;
+            kill_marked(pool, &marker).await;
+        }
+    }
+    Ok(out)
+}
+
+/// Runs a command whose failure is an error (service-internal helpers).
+pub async fn run_checked(pool: &Pool, command: &str, timeout: Duration) -> Result<Vec<u8>, GuestError> {
+    let out = run(pool, command, timeout, OUTPUT_CAP).await?;
+    if out.timed_out {
+        return Err(GuestError::Ssh(format!("command timed out after {} s", timeout.as_secs())));
+    }
+    match out.exit_code {
+        Some(0) => Ok(out.stdout),
+        code => Err(GuestError::Ssh(format!(
+            "Command failed ({}): {}",
+            code.map(|c| c.to_string()).unwrap_or_else(|| "signal".into()),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))),
+    }
+}
+
+/// The original's `reason`: "Result: <stdout>\nError: <stderr>", each part only when not
+/// blank, the whole trimmed.
+pub fn legacy_reason(stdout: &str, stderr: &str) -> String {
+    let mut r = String::new();
+    if !stdout.trim().is_empty() {
+        r.push_str("Result: ");
+        r.push_str(stdout);
+        r.push('\n');
+    }
+    if !stderr.trim().is_empty() {
+        r.push_str("Error: ");
+        r.push_str(stderr);
+        r.push('\n');
+    }
+    r.trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn legacy_reason_matches_the_original_format() {
+        assert_eq!(legacy_reason("ok\n", ""), "Result: ok");
+        assert_eq!(legacy_reason("", "bad\n"), "Error: bad");
+        assert_eq!(legacy_reason("a\n", "b\n"), "Result: a\n\nError: b");
+        assert_eq!(legacy_reason("  \n", ""), "");
+    }
+
+    #[test]
+    fn wrapper_keeps_the_command_on_its_own_lines() {
+        let w = wrap("echo 'x'\nexit 3", "/tmp/m");
+        assert!(w.starts_with("echo $$ > /tmp/m; trap 'rm -f /tmp/m' EXIT\n"));
+        assert!(w.ends_with("\necho 'x'\nexit 3"));
+    }
+
+    #[test]
+    fn caps_truncate_and_flag() {
+        let mut b = Vec::new();
+        let mut t = false;
+        push_capped(&mut b, b"hello", 3, &mut t);
+        assert_eq!(b, b"hel");
+        assert!(t);
+    }
+}

@@ -1,0 +1,173 @@
+//! SSH session pool per VM: connections are reused, each carries a bounded number of
+//! channels (dropbear/OpenSSH refuse more than ~10), a further connection is dialled when
+//! all are busy, dead ones are dropped and re-dialled. The guest host key is pinned at
+//! first contact and the VM id is checked on every new connection.
+use super::GuestError;
+use russh::client::{self, Handle, Msg};
+use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::{Channel, ChannelMsg};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Channels per connection: below dropbear's and OpenSSH's MaxSessions of 10.
+pub const CHANNELS_PER_CONN: usize = 8;
+pub const MAX_CONNS: usize = 4;
+
+#[derive(Clone)]
+pub struct Target {
+    pub vm_id: String,
+    pub port: u16,
+    pub user: String,
+    pub key: Arc<PrivateKey>,
+    /// OpenSSH text of the guest host key; None until first contact.
+    pub host_key: Arc<Mutex<Option<String>>>,
+}
+
+struct Client {
+    pinned: Arc<Mutex<Option<String>>>,
+}
+
+impl client::Handler for Client {
+    type Error = russh::Error;
+
+    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        let PublicKeyOrCertificate::PublicKey { key, .. } = key else { return Ok(false) };
+        let Ok(text) = key.to_openssh() else { return Ok(false) };
+        let mut pinned = self.pinned.lock().unwrap_or_else(|p| p.into_inner());
+        match pinned.as_deref() {
+            Some(k) => Ok(k == text),
+            None => {
+                *pinned = Some(text);
+                Ok(true)
+            }
+        }
+    }
+}
+
+struct Conn {
+    handle: Handle<Client>,
+    permits: Arc<Semaphore>,
+}
+
+/// An open session channel plus the permit that bounds channels per connection.
+pub struct Lease {
+    pub channel: Channel<Msg>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Lease {
+    pub fn into_parts(self) -> (Channel<Msg>, OwnedSemaphorePermit) {
+        (self.channel, self._permit)
+    }
+}
+
+pub struct Pool {
+    target: Target,
+    conns: tokio::sync::Mutex<Vec<Arc<Conn>>>,
+}
+
+fn config() -> Arc<client::Config> {
+    Arc::new(client::Config {
+        nodelay: true,
+        keepalive_interval: Some(Duration::from_secs(15)),
+        keepalive_max: 3,
+        inactivity_timeout: None,
+        ..Default::default()
+    })
+}
+
+/// Dials the guest, authenticates with the service key, and checks the guest's VM id.
+async fn dial(target: &Target, timeout: Duration) -> Result<Conn, GuestError> {
+    let fut = async {
+        let handler = Client { pinned: target.host_key.clone() };
+        let mut handle = client::connect(config(), ("127.0.0.1", target.port), handler)
+            .await
+            .map_err(|e| GuestError::Connect(format!("ssh to 127.0.0.1:{}: {e}", target.port)))?;
+        let auth = handle
+            .authenticate_publickey(target.user.clone(), PrivateKeyWithHashAlg::new(target.key.clone(), None))
+            .await
+            .map_err(|e| GuestError::Connect(format!("ssh auth: {e}")))?;
+        if !auth.success() {
+            return Err(GuestError::Connect(format!("ssh key auth as {} was refused", target.user)));
+        }
+        let conn = Conn { handle, permits: Arc::new(Semaphore::new(CHANNELS_PER_CONN)) };
+        let mut ch = conn.handle.channel_open_session().await.map_err(|e| GuestError::Connect(e.to_string()))?;
+        ch.exec(true, "cat /etc/vm-id 2>/dev/null || hostname").await.map_err(|e| GuestError::Connect(e.to_string()))?;
+        let mut out = Vec::new();
+        while let Some(msg) = ch.wait().await {
+            if let ChannelMsg::Data { data } = msg {
+                out.extend_from_slice(&data);
+            }
+        }
+        let seen = String::from_utf8_lossy(&out).trim().to_string();
+        if seen != target.vm_id {
+            return Err(GuestError::Identity { expected: target.vm_id.clone(), seen });
+        }
+        Ok(conn)
+    };
+    tokio::time::timeout(timeout, fut).await.map_err(|_| GuestError::Connect(format!("ssh to 127.0.0.1:{} timed out", target.port)))?
+}
+
+impl Pool {
+    /// Connects once (readiness check) and returns a pool holding that connection.
+    pub async fn connect(target: Target, timeout: Duration) -> Result<Pool, GuestError> {
+        let conn = dial(&target, timeout).await?;
+        Ok(Pool { target, conns: tokio::sync::Mutex::new(vec![Arc::new(conn)]) })
+    }
+
+    pub fn host_key(&self) -> Option<String> {
+        self.target.host_key.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub async fn connection_count(&self) -> usize {
+        self.conns.lock().await.len()
+    }
+
+    /// Opens a session channel on a connection with a free slot, dialling when needed.
+    pub async fn session(&self) -> Result<Lease, GuestError> {
+        for attempt in 0..3 {
+            let (conn, permit) = self.slot().await?;
+            match conn.handle.channel_open_session().await {
+                Ok(channel) => return Ok(Lease { channel, _permit: permit }),
+                Err(e) => {
+                    tracing::debug!(vm_id = %self.target.vm_id, attempt, error = %e, "channel open failed; dropping connection");
+                    self.conns.lock().await.retain(|c| !Arc::ptr_eq(c, &conn));
+                }
+            }
+        }
+        Err(GuestError::Connect("could not open an SSH channel to the guest".into()))
+    }
+
+    async fn slot(&self) -> Result<(Arc<Conn>, OwnedSemaphorePermit), GuestError> {
+        let waiting_on = {
+            let mut conns = self.conns.lock().await;
+            conns.retain(|c| !c.handle.is_closed());
+            for c in conns.iter() {
+                if let Ok(p) = c.permits.clone().try_acquire_owned() {
+                    return Ok((c.clone(), p));
+                }
+            }
+            if conns.len() < MAX_CONNS {
+                let c = Arc::new(dial(&self.target, Duration::from_secs(15)).await?);
+                conns.push(c.clone());
+                let p = c.permits.clone().try_acquire_owned().map_err(|e| GuestError::Connect(e.to_string()))?;
+                return Ok((c, p));
+            }
+            conns[0].clone()
+        };
+        let p = waiting_on.permits.clone().acquire_owned().await.map_err(|e| GuestError::Connect(e.to_string()))?;
+        Ok((waiting_on, p))
+    }
+
+    pub async fn open_channels(&self) -> usize {
+        self.conns.lock().await.iter().map(|c| CHANNELS_PER_CONN - c.permits.available_permits()).sum()
+    }
+
+    pub async fn close(&self) {
+        let conns = std::mem::take(&mut *self.conns.lock().await);
+        for c in conns {
+            let _ = c.handle.disconnect(russh::Disconnect::ByApplication, "", "en").await;
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! Lifecycle operations: create, start, stop, reboot, delete; adoption at start-up.
+use super::{Manager, ManagerError, Result, Slot};
+use crate::guest::pool::{Pool, Target};
+use crate::model::{now, VmRecord, VmState};
+use crate::qemu::image::BaseImage;
+use crate::qemu::process;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::OwnedMutexGuard;
+use tokio_util::sync::CancellationToken;
+
+/// What a create request asks for (validated by the API layer's types).
+#[derive(Debug, Clone)]
+pub struct CreateSpec {
+    pub vcpus: u32,
+    pub mem_mib: u32,
+    pub disk_gib: u32,
+    pub base_image: Option<String>,
+    pub timeout_boot_s: Option<u64>,
+    pub no_egress: bool,
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> ManagerError {
+    ManagerError::Invalid { field: field.into(), message: message.into() }
+}
+
+impl Manager {
+    fn try_op(&self, slot: &Arc<Slot>, name: &'static str) -> Result<OwnedMutexGuard<()>> {
+        match slot.op.clone().try_lock_owned() {
+            Ok(g) => {
+                *slot.op_name.lock().unwrap_or_else(|p| p.into_inner()) = name;
+                Ok(g)
+            }
+            Err(_) => {
+                let cur = *slot.op_name.lock().unwrap_or_else(|p| p.into_inner());
+                Err(ManagerError::Busy(format!("{cur} in progress; retry when it finishes")))
+            }
+        }
+    }
+
+    /// Cancels an in-flight boot and waits for the VM's op lock.
+    async fn preempt(&self, slot: &Arc<Slot>, name: &'static str) -> OwnedMutexGuard<()> {
+        if let Some(c) = slot.cancel.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            c.cancel();
+        }
+        let g = slot.op.clone().lock_owned().await;
+        *slot.op_name.lock().unwrap_or_else(|p| p.into_inner()) = name;
+        g
+    }
+
+    pub fn check_capacity(&self, spec: &CreateSpec) -> Result<()> {
+        let c = &self.cfg;
+        if spec.vcpus < 1 || spec.vcpus > c.max_vcpus {
+            return Err(invalid("vcpus", format!("vcpus must be between 1 and {}", c.max_vcpus)));
+        }
+        if spec.mem_mib < 256 || spec.mem_mib > c.max_mem_mib {
+            return Err(invalid("mem_mib", format!("mem_mib must be between 256 and {}", c.max_mem_mib)));
+        }
+        if spec.disk_gib < 5 || spec.disk_gib > c.max_disk_gib {
+            return Err(invalid("disk_gib", format!("disk_gib must be between 5 and {}", c.max_disk_gib)));
+        }
+        Ok(())
+    }
+
+    pub async fn create(self: &Arc<Self>, spec: CreateSpec) -> Result<VmRecord> {
+        let t0 = Instant::now();
+        self.check_capacity(&spec)?;
+        let base = spec.base_image.clone().filter(|s| !s.trim().is_empty());
+        let image_spec = base.clone().unwrap_or_else(|| self.cfg.base_image.clone());
+        BaseImage::resolve(&image_spec, &self.cfg.images_dir()).map_err(|e| invalid("base_image", e.to_string()))?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let f = self.files(&id);
+        std::fs::create_dir_all(&f.dir).map_err(|e| ManagerError::Internal(format!("creating {}: {e}", f.dir.display())))?;
+        let t = now();
+        let rec = VmRecord {
+            id: id.clone(),
+            state: VmState::Provisioning,
+            workdir: f.dir.to_string_lossy().into_owned(),
+            vcpus: spec.vcpus,
+            mem_mib: spec.mem_mib,
+            disk_gib: spec.disk_gib,
+            ssh_port: None,
+            ssh_user: None,
+            key_ref: None,
+            error_reason: None,
+            created_at: t,
+            updated_at: t,
+            booted_at: None,
+            node: Some(self.cfg.node_name.clone()),
+            base_image: base,
+            host_key: None,
+            no_egress: spec.no_egress,
+        };
+        if let Err(e) = self.catalog.put(rec.clone()).await {
+            let _ = std::fs::remove_dir_all(&f.dir);
+            return Err(e.into());
+        }
+        self.emit_state(&id, VmState::Provisioning, Some("created".into()));
+        let slot = self.slot(&id);
+        let guard = self.try_op(&slot, "create")?;
+        self.spawn_boot(&id, guard, spec.timeout_boot_s, Some(t0));
+        Ok(self.get(&id).await.unwrap_or(rec))
+    }
+
+    fn spawn_boot(self: &Arc<Self>, id: &str, guard: OwnedMutexGuard<()>, timeout_override: Option<u64>, t0: Option<Instant>) {
+        let me = self.clone();
+        let id = id.to_string();
+        let slot = self.slot(&id);
+        let cancel = CancellationToken::new();
+        *slot.cancel.lock().unwrap_or_else(|p| p.into_inner()) = Some(cancel.clone());
+        tokio::spawn(async move {
+            let _guard = guard;
+            let res = match timeout_override {
+                Some(s) => me.boot_with_timeout(&id, cancel, s).await,
+                None => me.boot(&id, cancel).await,
+            };
+            *slot.cancel.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            match res {
+                Ok(()) => {
+                    if let Some(t0) = t0 {
+                        me.stats.observe_create(t0.elapsed().as_secs_f64());
+                    }
+                }
+                Err(ManagerError::Busy(_)) => {} // cancelled: the stop/delete that cancelled it writes the state
+                Err(e) => {
+                    let reason = e.to_string();
+                    tracing::warn!(vm_id = %id, error = %reason, "boot failed");
+                    let r2 = reason.clone();
+                    let _ = me
+                        .catalog
+                        .update(&id, Box::new(move |r| {
+                            r.state = VmState::Error;
+                            r.error_reason = Some(r2);
+                            r.ssh_port = None;
+                        }))
+                        .await;
+                    me.emit_state(&id, VmState::Error, Some(reason));
+                }
+            }
+        });
+    }
+
+    async fn boot_with_timeout(self: &Arc<Self>, id: &str, cancel: CancellationToken, secs: u64) -> Result<()> {
+        // A per-VM boot timeout: cancel the boot when it runs out.
+        let c2 = cancel.clone();
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(secs.max(1))).await;
+            c2.cancel();
+        });
+        let r = self.boot(id, cancel).await;
+        timer.abort();
+        match r {
+            Err(ManagerError::Busy(_)) if self.get(id).await.map(|r| r.state == VmState::Provisioning).unwrap_or(false) => {
+                Err(ManagerError::Internal(format!("guest not reachable over SSH within timeout_boot_s={secs}")))
+            }
+            other => other,
+        }
+    }
+
+    pub async fn start(self: &Arc<Self>, id: &str) -> Result<VmRecord> {
+        let rec = self.get(id).await?;
+        let slot = self.slot(id);
+        let guard = self.try_op(&slot, "start")?;
+        if rec.state == VmState::Running {
+            return Ok(rec);
+        }
+        self.catalog
+            .update(id, Box::new(|r| {
+                r.state = VmState::Provisioning;
+                r.error_reason = None;
+            }))
+            .await?;
+        self.emit_state(id, VmState::Provisioning, Some("start".into()));
+        self.spawn_boot(id, guard, None, None);
+        self.get(id).await
+    }
+
+    async fn stop_locked(&self, id: &str, cleanup_disks: bool) -> Result<VmRecord> {
+        self.kill_running(id, Duration::from_secs(15)).await;
+        if cleanup_disks {
+            let f = self.files(id);
+            for p in [&f.overlay, &f.seed, &f.console, &f.qemu_log, &f.pidfile] {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        let rec = self
+            .catalog
+            .update(id, Box::new(|r| {
+                r.state = VmState::Stopped;
+                r.error_reason = None;
+                r.ssh_port = None;
+            }))
+            .await?
+            .ok_or(ManagerError::NotFound)?;
+        self.emit_state(id, VmState::Stopped, None);
+        Ok(rec)
+    }
+
+    pub async fn stop(self: &Arc<Self>, id: &str, cleanup_disks: bool) -> Result<VmRecord> {
+        self.get(id).await?;
+        let slot = self.slot(id);
+        let _g = self.preempt(&slot, "stop").await;
+        self.stop_locked(id, cleanup_disks).await
+    }
+
+    pub async fn reboot(self: &Arc<Self>, id: &str) -> Result<VmRecord> {
+        self.get(id).await?;
+        let slot = self.slot(id);
+        let guard = self.try_op(&slot, "reboot")?;
+        self.kill_running(id, Duration::from_secs(15)).await;
+        self.catalog
+            .update(id, Box::new(|r| {
+                r.state = VmState::Provisioning;
+                r.error_reason = None;
+                r.ssh_port = None;
+            }))
+            .await?;
+        self.emit_state(id, VmState::Provisioning, Some("reboot".into()));
+        self.spawn_boot(id, guard, None, None);
+        self.get(id).await
+    }
+
+    /// Stop + remove the workdir + remove the record (the original kept both forever).
+    pub async fn delete(self: &Arc<Self>, id: &str) -> Result<VmRecord> {
+        let rec = self.get(id).await?;
+        let slot = self.slot(id);
+        let _g = self.preempt(&slot, "delete").await;
+        self.kill_running(id, Duration::from_secs(5)).await;
+        let dir = self.files(id).dir;
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| ManagerError::Internal(format!("removing {}: {e}", dir.display())))?;
+        }
+        self.catalog.delete(id).await?;
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.emit_step(id, "deleted", None);
+        Ok(rec)
+    }
+
+    /// Start-up: adopt VMs of this node whose QEMU still runs; resolve the rest.
+    pub async fn adopt_all(self: &Arc<Self>) -> Result<()> {
+        let records = self.catalog.list().await?;
+        for rec in records {
+            let ours = rec.node.as_deref().map(|n| n == self.cfg.node_name).unwrap_or(true);
+            if !ours || !matches!(rec.state, VmState::Running | VmState::Provisioning) || !crate::model::valid_vm_id(&rec.id) {
+                continue;
+            }
+            if let Err(e) = self.adopt(&rec).await {
+                tracing::warn!(vm_id = %rec.id, error = %e, "could not resolve VM at start-up");
+            }
+        }
+        Ok(())
+    }
+
+    async fn adopt(self: &Arc<Self>, rec: &VmRecord) -> Result<()> {
+        let id = rec.id.clone();
+        let f = self.files(&id);
+        let pid = process::read_pidfile(&f.pidfile).filter(|p| process::is_our_qemu(*p, &f.overlay));
+        let Some(pid) = pid else {
+            let _ = std::fs::remove_file(&f.pidfile);
+            let reason = format!("qemu was not running when the service started (was {})", rec.state.as_str());
+            let r2 = reason.clone();
+            self.catalog
+                .update(&id, Box::new(move |r| {
+                    r.state = VmState::Stopped;
+                    r.error_reason = Some(r2);
+                    r.ssh_port = None;
+                }))
+                .await?;
+            self.emit_state(&id, VmState::Stopped, Some(reason));
+            return Ok(());
+        };
+        let port = process::forwarded_port(pid).or(rec.ssh_port).unwrap_or(0);
+        self.ports.claim(port);
+        let running = self.watch_adopted(&id, pid, port);
+        let slot = self.slot(&id);
+        *slot.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(running);
+        let target = Target {
+            vm_id: id.clone(),
+            port,
+            user: rec.ssh_user.clone().unwrap_or_else(|| self.cfg.ssh_user.clone()),
+            key: self.key.clone(),
+            host_key: Arc::new(std::sync::Mutex::new(rec.host_key.clone())),
+        };
+        match Pool::connect(target, Duration::from_secs(20)).await {
+            Ok(pool) => {
+                let host_key = pool.host_key();
+                *slot.pool.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(pool));
+                self.catalog
+                    .update(&id, Box::new(move |r| {
+                        r.state = VmState::Running;
+                        r.ssh_port = Some(port);
+                        r.error_reason = None;
+                        r.host_key = host_key;
+                        if r.booted_at.is_none() {
+                            r.booted_at = Some(now());
+                        }
+                    }))
+                    .await?;
+                tracing::info!(vm_id = %id, pid, port, "adopted running VM");
+                self.emit_state(&id, VmState::Running, Some("adopted after service restart".into()));
+            }
+            Err(e) => {
+                self.kill_running(&id, Duration::ZERO).await;
+                let reason = format!("service restarted; the guest was not reachable and was stopped: {e}");
+                let r2 = reason.clone();
+                self.catalog
+                    .update(&id, Box::new(move |r| {
+                        r.state = VmState::Error;
+                        r.error_reason = Some(r2);
+                        r.ssh_port = None;
+                    }))
+                    .await?;
+                self.emit_state(&id, VmState::Error, Some(reason));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,64 @@
+//! Accelerator choice by probing: KVM only if a real guest kernel makes progress under
+//! it. On nested/PVM hosts /dev/kvm opens but stock kernels crawl, so existence of the
+//! device proves nothing.
+use super::args::{Accel, Arch};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+#[derive(Debug, Clone)]
+pub struct ProbeResult {
+    pub accel: Accel,
+    pub reason: String,
+}
+
+/// Boots `kernel` with no root device under KVM; a usable KVM reaches the kernel's
+/// "Unable to mount root fs" panic within `budget`.
+pub async fn probe(qemu_bin: &str, arch: Arch, kernel: Option<&Path>, budget: Duration) -> ProbeResult {
+    let tcg = |reason: String| ProbeResult { accel: if cfg!(target_os = "macos") { Accel::Hvf } else { Accel::Tcg }, reason };
+    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+        return tcg("/dev/kvm is missing or not accessible".into());
+    }
+    let Some(kernel) = kernel else {
+        return tcg("no guest kernel to probe KVM with; using TCG".into());
+    };
+    let (console, machine) = match arch {
+        Arch::X86_64 => ("console=ttyS0", "pc"),
+        Arch::Aarch64 => ("console=ttyAMA0", "virt,gic-version=3"),
+    };
+    let mut child = match Command::new(qemu_bin)
+        .args(["-accel", "kvm", "-machine", machine, "-cpu", "host", "-m", "256", "-smp", "1", "-nodefaults", "-no-user-config"])
+        .args(["-display", "none", "-serial", "stdio", "-no-reboot", "-kernel"])
+        .arg(kernel)
+        .args(["-append", &format!("{console} panic=-1 root=/dev/nonexistent")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => return tcg(format!("could not start {qemu_bin} for the KVM probe: {e}")),
+    };
+    let start = Instant::now();
+    let Some(stdout) = child.stdout.take() else { return tcg("probe has no stdout".into()) };
+    let mut lines = BufReader::new(stdout).lines();
+    let reached = tokio::time::timeout(budget, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("Kernel panic") || line.contains("Unable to mount root") || line.contains("Run /init") {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    let _ = child.kill().await;
+    if reached {
+        ProbeResult { accel: Accel::Kvm, reason: format!("KVM probe guest reached its root mount in {:.1} s", start.elapsed().as_secs_f64()) }
+    } else {
+        tcg(format!("KVM probe guest made no progress within {:.0} s (nested/PVM KVM?); using TCG", budget.as_secs_f64()))
+    }
+}

@@ -1,0 +1,301 @@
+//! The QEMU command line, every flag in one place.
+use super::image::Boot;
+use super::QemuError;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Hvf,
+    Tcg,
+}
+
+impl Accel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Hvf => "hvf",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    X86_64,
+    Aarch64,
+}
+
+impl Arch {
+    pub fn host() -> Arch {
+        if std::env::consts::ARCH == "aarch64" {
+            Arch::Aarch64
+        } else {
+            Arch::X86_64
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    pub qemu_bin: String,
+    pub arch: Arch,
+    pub accel: Accel,
+    pub vcpus: u32,
+    pub mem_mib: u32,
+    pub overlay: PathBuf,
+    pub seed: PathBuf,
+    pub console_log: PathBuf,
+    pub qmp_socket: PathBuf,
+    pub pidfile: PathBuf,
+    pub ssh_port: u16,
+    pub boot: Boot,
+    pub machine: Option<String>,
+    pub cpu: Option<String>,
+    /// TCG translation cache in MiB; 0 keeps QEMU's default.
+    pub tcg_tb_size: u32,
+    /// aarch64 firmware (see [`find_uefi_arm64`]).
+    pub uefi: Option<PathBuf>,
+    /// QEMU user net `restrict=on`: the guest gets no egress at all.
+    pub no_egress: bool,
+    /// `-sandbox on` (seccomp), when the QEMU build supports it.
+    pub sandbox: bool,
+}
+
+fn s(v: &str) -> String {
+    v.to_string()
+}
+
+fn p(v: &Path) -> String {
+    v.to_string_lossy().into_owned()
+}
+
+/// QEMU option values are comma-separated; a literal comma is doubled.
+fn optval(v: &Path) -> String {
+    p(v).replace(',', ",,")
+}
+
+pub fn build(spec: &LaunchSpec) -> Result<Vec<String>, QemuError> {
+    let mut a = vec![spec.qemu_bin.clone()];
+    let tcg = if spec.tcg_tb_size > 0 { format!("tcg,tb-size={}", spec.tcg_tb_size) } else { s("tcg") };
+    match spec.arch {
+        Arch::X86_64 => {
+            let machine = spec.machine.clone().unwrap_or_else(|| s("q35"));
+            match spec.accel {
+                Accel::Kvm => a.extend([s("-accel"), s("kvm"), s("-machine"), machine, s("-cpu"), s("host")]),
+                _ => a.extend([s("-accel"), tcg, s("-machine"), machine, s("-cpu"), spec.cpu.clone().unwrap_or_else(|| s("max"))]),
+            }
+        }
+        Arch::Aarch64 => {
+            match spec.accel {
+                Accel::Kvm => a.extend([s("-accel"), s("kvm"), s("-cpu"), s("host"), s("-machine"), s("virt,gic-version=3,its=off")]),
+                Accel::Hvf => a.extend([s("-accel"), s("hvf"), s("-cpu"), s("max"), s("-machine"), s("virt")]),
+                Accel::Tcg => a.extend([s("-accel"), tcg, s("-cpu"), s("max"), s("-machine"), s("virt")]),
+            }
+            let fw = spec.uefi.as_ref().ok_or(QemuError::NoUefi)?;
+            if spec.boot == Boot::Disk {
+                a.extend([s("-bios"), p(fw)]);
+            }
+        }
+    }
+    a.extend([
+        s("-smp"),
+        spec.vcpus.to_string(),
+        s("-m"),
+        spec.mem_mib.to_string(),
+        s("-nodefaults"),
+        s("-no-user-config"),
+        s("-display"),
+        s("none"),
+        s("-serial"),
+        format!("file:{}", p(&spec.console_log)),
+        s("-qmp"),
+        format!("unix:{},server=on,wait=off", optval(&spec.qmp_socket)),
+        s("-pidfile"),
+        p(&spec.pidfile),
+    ]);
+    if spec.sandbox {
+        a.extend([s("-sandbox"), s("on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny")]);
+    }
+    if let Boot::Kernel { kernel, initrd, cmdline } = &spec.boot {
+        a.extend([s("-kernel"), p(kernel)]);
+        if let Some(i) = initrd {
+            a.extend([s("-initrd"), p(i)]);
+        }
+        a.extend([s("-append"), cmdline.clone()]);
+    }
+    let (blk, net) = match spec.arch {
+        Arch::X86_64 => ("virtio-blk-pci", "virtio-net-pci"),
+        Arch::Aarch64 => ("virtio-blk-device", "virtio-net-device"),
+    };
+    // The root disk must be the first virtio disk (/dev/vda); the seed is the second.
+    a.extend([
+        s("-drive"),
+        format!("file={},if=none,id=d0,format=qcow2,discard=unmap", optval(&spec.overlay)),
+        s("-device"),
+        format!("{blk},drive=d0"),
+        s("-drive"),
+        format!("file={},if=none,id=d1,format=raw,readonly=on", optval(&spec.seed)),
+        s("-device"),
+        format!("{blk},drive=d1"),
+    ]);
+    let mut netdev = format!("user,id=n0,hostfwd=tcp:127.0.0.1:{}-:22", spec.ssh_port);
+    if spec.no_egress {
+        netdev.push_str(",restrict=on");
+    }
+    a.extend([s("-netdev"), netdev, s("-device"), format!("{net},netdev=n0")]);
+    if spec.boot == Boot::Disk && spec.arch == Arch::X86_64 {
+        a.extend([s("-device"), s("virtio-rng-pci")]);
+    }
+    Ok(a)
+}
+
+/// aarch64 UEFI firmware: the override, then the usual distribution and Homebrew paths.
+pub fn find_uefi_arm64(override_path: Option<&Path>) -> Result<PathBuf, QemuError> {
+    if let Some(o) = override_path {
+        return if o.is_file() { Ok(o.to_path_buf()) } else { Err(QemuError::NoUefi) };
+    }
+    const CANDIDATES: &[&str] = &[
+        "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd",
+        "/usr/share/edk2/aarch64/QEMU_EFI.fd",
+        "/usr/share/AAVMF/AAVMF_CODE.fd",
+        "/usr/share/qemu/edk2-aarch64-code.fd",
+        "/opt/homebrew/share/qemu/edk2-aarch64-code.fd",
+        "/usr/local/share/qemu/edk2-aarch64-code.fd",
+        "/opt/local/share/qemu/edk2-aarch64-code.fd",
+    ];
+    CANDIDATES.iter().map(PathBuf::from).find(|p| p.is_file()).ok_or(QemuError::NoUefi)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(arch: Arch, accel: Accel, boot: Boot) -> LaunchSpec {
+        LaunchSpec {
+            qemu_bin: "/usr/bin/qemu-system-x86_64".into(),
+            arch,
+            accel,
+            vcpus: 2,
+            mem_mib: 512,
+            overlay: "/w/disk.qcow2".into(),
+            seed: "/w/seed.img".into(),
+            console_log: "/w/console.log".into(),
+            qmp_socket: "/w/qmp.sock".into(),
+            pidfile: "/w/qemu.pid".into(),
+            ssh_port: 40022,
+            boot,
+            machine: None,
+            cpu: None,
+            tcg_tb_size: 128,
+            uefi: Some("/fw/QEMU_EFI.fd".into()),
+            no_egress: false,
+            sandbox: false,
+        }
+    }
+
+    fn kernel_boot() -> Boot {
+        Boot::Kernel { kernel: "/img/vmlinux".into(), initrd: Some("/img/initrd.gz".into()), cmdline: "root=/dev/vda2 console=ttyS0".into() }
+    }
+
+    fn has_pair(a: &[String], flag: &str, val: &str) -> bool {
+        a.windows(2).any(|w| w[0] == flag && w[1] == val)
+    }
+
+    #[test]
+    fn x86_tcg_flags() {
+        let a = build(&spec(Arch::X86_64, Accel::Tcg, Boot::Disk)).unwrap();
+        assert_eq!(a[0], "/usr/bin/qemu-system-x86_64");
+        assert!(has_pair(&a, "-accel", "tcg,tb-size=128"));
+        assert!(has_pair(&a, "-machine", "q35"));
+        assert!(has_pair(&a, "-cpu", "max"));
+        assert!(has_pair(&a, "-smp", "2"));
+        assert!(has_pair(&a, "-m", "512"));
+        assert!(has_pair(&a, "-serial", "file:/w/console.log"));
+        assert!(has_pair(&a, "-qmp", "unix:/w/qmp.sock,server=on,wait=off"));
+        assert!(has_pair(&a, "-pidfile", "/w/qemu.pid"));
+        assert!(has_pair(&a, "-netdev", "user,id=n0,hostfwd=tcp:127.0.0.1:40022-:22"));
+        assert!(has_pair(&a, "-device", "virtio-net-pci,netdev=n0"));
+        assert!(has_pair(&a, "-drive", "file=/w/disk.qcow2,if=none,id=d0,format=qcow2,discard=unmap"));
+        assert!(has_pair(&a, "-drive", "file=/w/seed.img,if=none,id=d1,format=raw,readonly=on"));
+        assert!(has_pair(&a, "-device", "virtio-rng-pci"));
+        assert!(!a.contains(&"-kernel".to_string()));
+        assert!(!a.iter().any(|x| x.contains("kvm")));
+        let d0 = a.iter().position(|x| x.contains("id=d0")).unwrap();
+        let d1 = a.iter().position(|x| x.contains("id=d1")).unwrap();
+        assert!(d0 < d1, "root disk must be the first virtio disk");
+    }
+
+    #[test]
+    fn x86_kvm_flags() {
+        let a = build(&spec(Arch::X86_64, Accel::Kvm, Boot::Disk)).unwrap();
+        assert!(has_pair(&a, "-accel", "kvm"));
+        assert!(has_pair(&a, "-cpu", "host"));
+        assert!(!a.iter().any(|x| x.starts_with("tcg")));
+    }
+
+    #[test]
+    fn manifest_machine_cpu_and_direct_kernel_boot() {
+        let mut sp = spec(Arch::X86_64, Accel::Tcg, kernel_boot());
+        sp.machine = Some("pc".into());
+        sp.cpu = Some("qemu64,+rdrand".into());
+        sp.tcg_tb_size = 0;
+        let a = build(&sp).unwrap();
+        assert!(has_pair(&a, "-accel", "tcg"));
+        assert!(has_pair(&a, "-machine", "pc"));
+        assert!(has_pair(&a, "-cpu", "qemu64,+rdrand"));
+        assert!(has_pair(&a, "-kernel", "/img/vmlinux"));
+        assert!(has_pair(&a, "-initrd", "/img/initrd.gz"));
+        assert!(has_pair(&a, "-append", "root=/dev/vda2 console=ttyS0"));
+        assert!(!a.contains(&"virtio-rng-pci".to_string()));
+    }
+
+    #[test]
+    fn no_egress_and_sandbox() {
+        let mut sp = spec(Arch::X86_64, Accel::Tcg, Boot::Disk);
+        sp.no_egress = true;
+        sp.sandbox = true;
+        let a = build(&sp).unwrap();
+        assert!(has_pair(&a, "-netdev", "user,id=n0,hostfwd=tcp:127.0.0.1:40022-:22,restrict=on"));
+        assert!(a.windows(2).any(|w| w[0] == "-sandbox" && w[1].starts_with("on,")));
+    }
+
+    #[test]
+    fn commas_in_paths_are_escaped() {
+        let mut sp = spec(Arch::X86_64, Accel::Tcg, Boot::Disk);
+        sp.overlay = "/w,x/disk.qcow2".into();
+        let a = build(&sp).unwrap();
+        assert!(has_pair(&a, "-drive", "file=/w,,x/disk.qcow2,if=none,id=d0,format=qcow2,discard=unmap"));
+    }
+
+    #[test]
+    fn aarch64_accelerators_and_firmware() {
+        let mut sp = spec(Arch::Aarch64, Accel::Kvm, Boot::Disk);
+        sp.qemu_bin = "qemu-system-aarch64".into();
+        let a = build(&sp).unwrap();
+        assert!(has_pair(&a, "-accel", "kvm"));
+        assert!(has_pair(&a, "-machine", "virt,gic-version=3,its=off"));
+        assert!(has_pair(&a, "-bios", "/fw/QEMU_EFI.fd"));
+        assert!(has_pair(&a, "-device", "virtio-net-device,netdev=n0"));
+        assert!(has_pair(&a, "-device", "virtio-blk-device,drive=d0"));
+        let a = build(&spec(Arch::Aarch64, Accel::Hvf, Boot::Disk)).unwrap();
+        assert!(has_pair(&a, "-accel", "hvf"));
+        assert!(has_pair(&a, "-cpu", "max"));
+        let a = build(&spec(Arch::Aarch64, Accel::Tcg, Boot::Disk)).unwrap();
+        assert!(has_pair(&a, "-accel", "tcg,tb-size=128"));
+        let mut sp = spec(Arch::Aarch64, Accel::Tcg, Boot::Disk);
+        sp.uefi = None;
+        assert!(matches!(build(&sp), Err(QemuError::NoUefi)));
+    }
+
+    #[test]
+    fn uefi_override_wins_and_missing_override_fails() {
+        let dir = std::env::temp_dir().join(format!("uefi-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fw = dir.join("fw.fd");
+        std::fs::write(&fw, b"x").unwrap();
+        assert_eq!(find_uefi_arm64(Some(&fw)).unwrap(), fw);
+        assert!(find_uefi_arm64(Some(&dir.join("missing.fd"))).is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

@@ -1,0 +1,102 @@
+//! Base images: a qcow2 path (with an optional manifest.json beside it), an image
+//! directory, or an image name under VM_BASE_DIR/images.
+use super::QemuError;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Manifest {
+    pub name: Option<String>,
+    #[serde(default = "default_arch")]
+    pub arch: String,
+    pub disk: String,
+    pub kernel: Option<String>,
+    pub initrd: Option<String>,
+    pub cmdline: Option<String>,
+    #[serde(default)]
+    pub ssh_user: Option<String>,
+    #[serde(default)]
+    pub machine: Option<String>,
+    #[serde(default)]
+    pub cpu: Option<String>,
+    #[serde(default)]
+    pub ready_marker: Option<String>,
+}
+
+fn default_arch() -> String {
+    "x86_64".into()
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Boot {
+    /// Direct kernel boot (-kernel/-initrd/-append).
+    Kernel { kernel: PathBuf, initrd: Option<PathBuf>, cmdline: String },
+    /// The disk's own bootloader (firmware boot), as cloud images boot.
+    Disk,
+}
+
+#[derive(Debug, Clone)]
+pub struct BaseImage {
+    pub disk: PathBuf,
+    pub boot: Boot,
+    pub machine: Option<String>,
+    pub cpu: Option<String>,
+    pub ready_marker: Option<String>,
+    pub ssh_user: Option<String>,
+}
+
+impl BaseImage {
+    /// Resolves `spec` (path to a qcow2, an image dir, or a name under `images_dir`).
+    pub fn resolve(spec: &str, images_dir: &Path) -> Result<BaseImage, QemuError> {
+        let spec = spec.trim();
+        if spec.is_empty() {
+            return Err(QemuError::Image("base_image is empty".into()));
+        }
+        let p = PathBuf::from(spec);
+        let candidate = if p.is_absolute() {
+            p
+        } else if !spec.contains('/') && !spec.contains("..") {
+            images_dir.join(spec)
+        } else {
+            return Err(QemuError::Image(format!("base_image {spec:?} must be an absolute path or an image name")));
+        };
+        let (dir, disk) = if candidate.is_dir() {
+            (candidate.clone(), None)
+        } else if candidate.is_file() {
+            (candidate.parent().map(Path::to_path_buf).unwrap_or_default(), Some(candidate.clone()))
+        } else {
+            return Err(QemuError::Image(format!(
+                "base image {} not found (build one with guest/build.sh, or set VM_BASE_IMAGE)",
+                candidate.display()
+            )));
+        };
+        let manifest_path = dir.join("manifest.json");
+        let manifest: Option<Manifest> = if manifest_path.is_file() {
+            let raw = std::fs::read(&manifest_path).map_err(super::io_err(format!("reading {}", manifest_path.display())))?;
+            Some(serde_json::from_slice(&raw).map_err(|e| QemuError::Image(format!("{}: {e}", manifest_path.display())))?)
+        } else {
+            None
+        };
+        match manifest {
+            Some(m) if disk.is_none() || disk.as_deref() == Some(dir.join(&m.disk).as_path()) => {
+                let disk = dir.join(&m.disk);
+                if !disk.is_file() {
+                    return Err(QemuError::Image(format!("image disk {} missing", disk.display())));
+                }
+                let boot = match &m.kernel {
+                    Some(k) => Boot::Kernel {
+                        kernel: dir.join(k),
+                        initrd: m.initrd.as_ref().map(|i| dir.join(i)),
+                        cmdline: m.cmdline.clone().unwrap_or_else(|| "root=/dev/vda console=ttyS0".into()),
+                    },
+                    None => Boot::Disk,
+                };
+                Ok(BaseImage { disk, boot, machine: m.machine, cpu: m.cpu, ready_marker: m.ready_marker, ssh_user: m.ssh_user })
+            }
+            _ => match disk {
+                Some(disk) => Ok(BaseImage { disk, boot: Boot::Disk, machine: None, cpu: None, ready_marker: None, ssh_user: None }),
+                None => Err(QemuError::Image(format!("{} has no manifest.json", dir.display()))),
+            },
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! `vm-service serve`: settings → key → catalog → manager (adopt running VMs) → HTTP.
+use crate::api::{self, AppState};
+use crate::catalog::{embedded::EmbeddedCatalog, redis::RedisCatalog, Catalog};
+use crate::config::Settings;
+use crate::manager::Manager;
+use anyhow::{bail, Context};
+use std::sync::Arc;
+
+fn require_tool(bin: &str, package: &str) -> anyhow::Result<()> {
+    let found = if bin.contains('/') {
+        std::path::Path::new(bin).is_file()
+    } else {
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file())).unwrap_or(false)
+    };
+    if !found {
+        bail!("{bin} not found: install it with `apt-get install -y {package}` (or set the path in the environment)");
+    }
+    Ok(())
+}
+
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let cfg = Arc::new(settings.resolve()?);
+    require_tool(&cfg.qemu_bin, if cfg.qemu_bin.contains("aarch64") { "qemu-system-arm" } else { "qemu-system-x86" })?;
+    require_tool(&cfg.qemu_img, "qemu-utils")?;
+    let pubkey = crate::config::ensure_ssh_key(&cfg.ssh_privkey)?;
+    let key = russh::keys::load_secret_key(&cfg.ssh_privkey, None).with_context(|| format!("reading {}", cfg.ssh_privkey.display()))?;
+    let catalog: Arc<dyn Catalog> = match &cfg.redis_url {
+        Some(url) => Arc::new(RedisCatalog::connect(url, &cfg.redis_prefix).await.context("connecting to REDIS_URL")?),
+        None => Arc::new(EmbeddedCatalog::open(&cfg.base_dir.join("catalog.redb"))?),
+    };
+    let mgr = Manager::new(cfg.clone(), catalog, pubkey, key);
+    mgr.adopt_all().await.context("resolving VMs found in the catalog")?;
+    {
+        let m = mgr.clone();
+        tokio::spawn(async move {
+            m.accelerator().await;
+        });
+    }
+    match &cfg.token_file {
+        Some(p) => println!("vm-service: API token in {} (generated; set AUTH_TOKEN to choose one)", p.display()),
+        None => println!("vm-service: API token from AUTH_TOKEN"),
+    }
+    let listener = tokio::net::TcpListener::bind(&cfg.listen_addr).await.with_context(|| format!("binding {}", cfg.listen_addr))?;
+    println!("vm-service: listening on http://{} (catalog: {}, data: {})", listener.local_addr()?, mgr.catalog.kind(), cfg.base_dir.display());
+    tracing::info!(addr = %cfg.listen_addr, node = %cfg.node_name, "vm-service ready");
+    let app = api::router(AppState { mgr: mgr.clone(), token: Arc::new(cfg.auth_token.clone()) });
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("serving HTTP")?;
+    tracing::info!("vm-service stopped; running VMs keep running and are adopted at the next start");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
