@@ -1,0 +1,267 @@
+//! Guest operations, TTY, metrics and events against one real guest.
+mod common;
+use base64::Engine;
+use common::*;
+use futures::{SinkExt, StreamExt};
+use serde_json::json;
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+const WEIRD_DIR: &str = "x y";
+const WEIRD: &str = "a b'c;d.txt";
+
+async fn files(s: &Service, id: &str) {
+    let body = "hello from the test\nsecond line\n";
+    let (st, v) = s
+        .post(&format!("/vms/{id}/upload-files"), json!({
+            "dest_path": "/app", "clean": true,
+            "files": [
+                {"path": format!("{WEIRD_DIR}/{WEIRD}"), "text": body, "content_b64": "", "mode": 420},
+                {"path": "/bin/tool.sh", "text": "", "content_b64": base64::engine::general_purpose::STANDARD.encode("#!/bin/sh\necho tool\n"), "mode": 493},
+                {"path": "../../etc/evil", "text": "x", "mode": 420},
+            ]
+        }))
+        .await;
+    assert_eq!(st, 200);
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["failed"].as_array().unwrap().len(), 1);
+    assert_eq!(v["failed"][0]["path"], "../../etc/evil");
+    let v = s.exec(id, "stat -c %a /app/bin/tool.sh \"/app/x y/a b'c;d.txt\"; /app/bin/tool.sh; ls /etc/evil 2>&1; ls -a /app/bin").await;
+    assert_eq!(v["stdout"].as_str().unwrap().lines().take(3).collect::<Vec<_>>(), vec!["755", "644", "tool"], "{v}");
+    assert!(!v["stdout"].as_str().unwrap().contains("vmsvc"), "temp files left behind: {v}");
+    // clean refuses /
+    let (_, v) = s.post(&format!("/vms/{id}/upload-files"), json!({"dest_path": "/", "clean": true, "files": []})).await;
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(s.exec(id, "test -d /bin && echo ok").await["stdout"], "ok\n");
+
+    let (st, list) = s.post(&format!("/vms/{id}/list-dirs"), json!({"paths": ["/app"], "depth": 3})).await;
+    assert_eq!(st, 200);
+    let paths: Vec<&str> = list.as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, vec!["/app", "/app/bin", "/app/bin/tool.sh", "/app/x y", "/app/x y/a b'c;d.txt"]);
+    assert_eq!(list[4]["name"], WEIRD);
+    assert_eq!(list[3]["path_type"], "directory");
+
+    let (_, hits) = s
+        .post(&format!("/vms/{id}/search"), json!({"pattern": "second", "root": "/app", "include_globs": [""], "max_results_total": 250, "timeout_seconds": 10}))
+        .await;
+    assert_eq!(hits, json!([{"path": format!("/app/{WEIRD_DIR}/{WEIRD}"), "matchs": ["L2: second line"]}]));
+
+    let (_, rf) = s.post(&format!("/vms/{id}/read-file"), json!({"path": format!("/app/{WEIRD_DIR}/{WEIRD}")})).await;
+    assert_eq!(rf, json!({"name": WEIRD, "content": body, "length": body.len(), "found": true}));
+    let (_, rf) = s.post(&format!("/vms/{id}/read-file"), json!({"path": "/app/missing"})).await;
+    assert_eq!(rf["found"], false);
+
+    let (_, cd) = s.post(&format!("/vms/{id}/create-dir"), json!({"path": "/app/new dir/deep"})).await;
+    assert_eq!(cd["ok"], true);
+    assert_eq!(s.exec(id, "test -d '/app/new dir/deep' && echo yes").await["stdout"], "yes\n");
+
+    let url = s.url(&format!("/vms/{id}/download-file"));
+    let r = s.client.get(&url).query(&[("path", format!("/app/{WEIRD_DIR}/{WEIRD}"))]).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert!(r.headers()["content-disposition"].to_str().unwrap().contains("filename=\"a b'c;d.txt\""));
+    assert_eq!(r.bytes().await.unwrap(), body.as_bytes());
+    let r = s.client.get(&url).query(&[("path", "/app")]).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 400, "a directory is a clear error");
+
+    let work = tempdir("dl");
+    for (fmt, ctype) in [("zip", "application/zip"), ("tar.gz", "application/gzip")] {
+        let r = s
+            .client
+            .get(s.url(&format!("/vms/{id}/download-folder")))
+            .query(&[("root", format!("/app/{WEIRD_DIR}")), ("prefer_fmt", fmt.to_string())])
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], ctype);
+        let bytes = r.bytes().await.unwrap();
+        let arc = work.join(format!("a.{fmt}"));
+        std::fs::write(&arc, &bytes).unwrap();
+        let out = work.join(fmt);
+        std::fs::create_dir_all(&out).unwrap();
+        let ok = if fmt == "zip" {
+            std::process::Command::new("unzip").arg("-q").arg(&arc).arg("-d").arg(&out).status().unwrap()
+        } else {
+            std::process::Command::new("tar").arg("-xzf").arg(&arc).arg("-C").arg(&out).status().unwrap()
+        };
+        assert!(ok.success());
+        assert_eq!(std::fs::read_to_string(out.join(WEIRD)).unwrap(), body);
+    }
+    let r = s.client.get(s.url(&format!("/vms/{id}/download-folder"))).query(&[("prefer_fmt", "rar")]).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 422);
+
+    // 64 MiB round trip, byte-identical.
+    let big: Vec<u8> = (0..64u32 * 1024 * 1024).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let t = Instant::now();
+    let (_, v) = s
+        .post(&format!("/vms/{id}/upload-files"), json!({"dest_path": "/root", "files": [{"path": "big.bin", "content_b64": base64::engine::general_purpose::STANDARD.encode(&big), "mode": 420}]}))
+        .await;
+    assert_eq!(v["ok"], true, "{v}");
+    let up = t.elapsed();
+    let t = Instant::now();
+    let r = s.client.get(&url).query(&[("path", "/root/big.bin")]).bearer_auth(TOKEN).send().await.unwrap();
+    let got = r.bytes().await.unwrap();
+    let down = t.elapsed();
+    assert!(got == big, "64 MiB download differs ({} bytes)", got.len());
+    eprintln!("64 MiB upload {:.1} MB/s, download {:.1} MB/s", 64.0 / up.as_secs_f64(), 64.0 / down.as_secs_f64());
+    std::fs::remove_dir_all(work).ok();
+}
+
+async fn exec(s: &Service, id: &str) {
+    let v = s.exec(id, "echo out; echo err >&2; exit 7").await;
+    assert_eq!((v["ok"].clone(), v["exit_code"].clone()), (json!(true), json!(7)));
+    assert_eq!(v["reason"], "Result: out\n\nError: err");
+    let v = s.exec(id, "printf '\\377\\376'").await;
+    assert_eq!(v["stdout_encoding"], "base64");
+    assert_eq!(v["stdout"], "//4=");
+    // 50 concurrent calls all succeed.
+    let mut tasks = vec![];
+    for i in 0..50 {
+        let (c, u) = (s.client.clone(), s.url(&format!("/vms/{id}/execute-sh")));
+        tasks.push(tokio::spawn(async move {
+            let v: serde_json::Value = c.post(u).bearer_auth(TOKEN).json(&json!({"command": format!("echo {i}")})).send().await.unwrap().json().await.unwrap();
+            (i, v)
+        }));
+    }
+    for t in tasks {
+        let (i, v) = t.await.unwrap();
+        assert_eq!(v["stdout"], format!("{i}\n"), "{v}");
+    }
+    // Timeout kills the remote process group.
+    let t = Instant::now();
+    let (_, v) = s.post(&format!("/vms/{id}/execute-sh"), json!({"command": "sleep 30; echo never", "timeout": 1})).await;
+    assert_eq!(v["timed_out"], true, "{v}");
+    assert!(t.elapsed() < Duration::from_secs(4), "timeout took {:?}", t.elapsed());
+    let v = s.exec(id, "ps -o comm= | grep -c '^sleep$' || true").await;
+    assert_eq!(v["stdout"], "0\n", "sleep left behind: {v}");
+}
+
+async fn tty(s: &Service, id: &str) {
+    let url = format!("ws://127.0.0.1:{}/vms/{id}/tty", s.port);
+    // no token → refused
+    assert!(tokio_tungstenite::connect_async(url.clone()).await.is_err());
+    // compat mode, token by header; input sent right after connect is not lost
+    let mut req = url.clone().into_client_request().unwrap();
+    req.headers_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    ws.send(Message::Text("echo comp''at-ok".into())).await.unwrap();
+    let text = read_until(&mut ws, "compat-ok", Duration::from_secs(20)).await;
+    assert!(text.contains("compat-ok"), "{text}");
+    ws.send(Message::Text("printf '\\303\\251\\342\\234\\223%.0s' $(seq 1 3000); echo; echo utf''8-done".into())).await.unwrap();
+    let text = read_until(&mut ws, "utf8-done", Duration::from_secs(30)).await;
+    assert!(text.contains(&"é✓".repeat(3000)), "UTF-8 split across chunks was corrupted");
+    ws.send(Message::Text("sleep 100".into())).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ws.send(Message::Text("ctrlc".into())).await.unwrap();
+    ws.send(Message::Text("echo after''-int".into())).await.unwrap();
+    let text = read_until(&mut ws, "after-int", Duration::from_secs(10)).await;
+    assert!(text.contains("after-int"), "ctrlc did not interrupt sleep: {text}");
+    ws.send(Message::Text("exit".into())).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(m) = ws.next().await {
+            if let Ok(Message::Close(f)) = m {
+                return f.map(|f| u16::from(f.code));
+            }
+        }
+        None
+    })
+    .await
+    .unwrap();
+    assert_eq!(closed, Some(1000));
+
+    // raw mode, token by query; resize
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("{url}?mode=raw&token={TOKEN}")).await.unwrap();
+    ws.send(Message::Text(r#"{"type":"resize","cols":132,"rows":41}"#.into())).await.unwrap();
+    ws.send(Message::Binary(b"stty size; echo raw''-ok\n".to_vec().into())).await.unwrap();
+    let text = read_until(&mut ws, "raw-ok", Duration::from_secs(20)).await;
+    assert!(text.contains("41 132"), "{text}");
+    // keystroke echo latency, single bytes
+    let mut lat = vec![];
+    for _ in 0..20 {
+        let t = Instant::now();
+        ws.send(Message::Binary(b"z".to_vec().into())).await.unwrap();
+        read_until(&mut ws, "z", Duration::from_secs(5)).await;
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    eprintln!("tty keystroke echo median {:.1} ms", lat[lat.len() / 2]);
+    drop(ws);
+
+    // Unknown VM: the original's text, then a close.
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/vms/5f0c5a1e-1d7e-4b43-9a8e-0c1f9b0f0a11/tty?token={TOKEN}", s.port)).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::Text("VM not found".into()));
+}
+
+async fn read_until<S>(ws: &mut S, needle: &str, limit: Duration) -> String
+where
+    S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    let mut acc = String::new();
+    let _ = tokio::time::timeout(limit, async {
+        while let Some(Ok(m)) = ws.next().await {
+            match m {
+                Message::Text(t) => acc.push_str(t.as_str()),
+                Message::Binary(b) => acc.push_str(&String::from_utf8_lossy(&b)),
+                _ => {}
+            }
+            if acc.contains(needle) {
+                return;
+            }
+        }
+    })
+    .await;
+    acc
+}
+
+async fn metrics(s: &Service, id: &str) {
+    let (st, m) = s.get(&format!("/metrics/{id}")).await;
+    assert_eq!(st, 200, "{m}");
+    for k in ["ts", "cpu_percent", "rss_bytes", "rss_human", "rss_mib", "num_threads", "io"] {
+        assert!(m.get(k).is_some(), "missing {k}: {m}");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = s.get(&format!("/metrics/{id}")).await.1["cpu_percent"].as_f64().unwrap();
+    let (_, v) = s.post(&format!("/vms/{id}/execute-sh"), json!({"command": "timeout 6 yes > /dev/null; true", "timeout": 2})).await;
+    assert_eq!(v["ok"], true);
+    let _ = s.post(&format!("/vms/{id}/execute-sh"), json!({"command": "(timeout 5 yes > /dev/null &) ; true"})).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let busy = s.get(&format!("/metrics/{id}")).await.1["cpu_percent"].as_f64().unwrap();
+    assert!(busy > idle + 30.0 && busy > 50.0, "cpu under load {busy} vs idle {idle}");
+    let text = s.client.get(s.url("/metrics")).bearer_auth(TOKEN).send().await.unwrap().text().await.unwrap();
+    for series in ["vm_service_vms{state=\"running\"} 1", "vm_service_vm_rss_bytes{vm_id=", "vm_service_vm_cpu_seconds{vm_id=", "vm_service_boot_duration_seconds_count", "vm_service_ssh_pool_connections{vm_id=", "vm_service_http_requests_total{"] {
+        assert!(text.contains(series), "missing {series} in\n{text}");
+    }
+    assert!(text.trim_end().ends_with("# EOF"));
+}
+
+#[tokio::test]
+async fn guest_operations_end_to_end() {
+    let s = Service::start(Opts { extra: vec![("VM_ACCEL".into(), "tcg".into())], ..Default::default() }).await;
+    // Events: subscribe before create, see the ordered steps through running.
+    let ev = s.client.get(s.url("/events")).bearer_auth(TOKEN).send().await.unwrap();
+    let mut stream = ev.bytes_stream();
+    let id = s.running_vm().await;
+    let mut seen = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            if seen.contains("\"state\":\"running\"") {
+                break;
+            }
+        }
+    })
+    .await;
+    let order: Vec<usize> = ["\"provisioning\"", "overlay_created", "seed_written", "qemu_started", "ssh_ready", "\"running\""]
+        .iter()
+        .map(|k| seen.find(k).unwrap_or_else(|| panic!("event {k} missing in {seen}")))
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "events out of order: {seen}");
+
+    exec(&s, &id).await;
+    files(&s, &id).await;
+    tty(&s, &id).await;
+    metrics(&s, &id).await;
+}

@@ -1,0 +1,118 @@
+//! VM lifecycle on real QEMU (TCG) with the real guest image.
+mod common;
+use common::*;
+use reqwest::Method;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+#[tokio::test]
+async fn lifecycle_end_to_end() {
+    let mut s = Service::start(Opts::default()).await;
+    let a = s.running_vm().await;
+    let v = s.exec(&a, "cat /etc/vm-id; hostname; echo persisted > /root/marker; sync").await;
+    assert_eq!(v["exit_code"], 0, "{v}");
+    assert_eq!(v["stdout"], format!("{a}\n{a}\n"));
+    let (_, rec) = s.get(&format!("/vms/{a}")).await;
+    assert!(rec["booted_at"].as_f64().unwrap() >= rec["created_at"].as_f64().unwrap());
+
+    // A second VM at the same time: its own port, its own identity.
+    let b = s.running_vm().await;
+    let (_, ra) = s.get(&format!("/vms/{a}")).await;
+    let (_, rb) = s.get(&format!("/vms/{b}")).await;
+    assert_ne!(ra["ssh_port"], rb["ssh_port"]);
+    assert_eq!(s.exec(&b, "cat /etc/vm-id").await["stdout"], format!("{b}\n"));
+    let (_, both) = s.get(&format!("/vms/list/{b},{a}")).await;
+    assert_eq!(both[0]["id"], b.as_str());
+    assert_eq!(both[1]["id"], a.as_str());
+
+    // kill -9 of QEMU is noticed within 2 s.
+    let pid_b = s.qemu_pid(&b).unwrap();
+    kill_pid(pid_b, 9);
+    let t = Instant::now();
+    loop {
+        let (_, r) = s.get(&format!("/vms/{b}")).await;
+        if r["state"] == "error" || r["state"] == "stopped" {
+            assert!(r["error_reason"].as_str().unwrap_or("").contains("signal 9"), "{r}");
+            assert_eq!(r["ssh_port"], serde_json::Value::Null);
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(2), "QEMU death not observed within 2 s: {r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, ex) = s.post(&format!("/vms/{b}/execute-sh"), json!({"command": "true"})).await;
+    assert_eq!(ex["ok"], false);
+    assert_eq!(ex["reason"], "VM is not running");
+
+    // Graceful stop, then start: the disk survives.
+    let pid_a = s.qemu_pid(&a).unwrap();
+    let (st, r) = s.post(&format!("/vms/{a}/actions"), json!({"action": "stop", "cleanup_disks": false})).await;
+    assert_eq!(st, 200);
+    assert_eq!(r["state"], "stopped");
+    assert_eq!(r["ssh_port"], serde_json::Value::Null);
+    assert!(!alive(pid_a), "QEMU still running after stop");
+    let console = std::fs::read_to_string(s.base.join("vms").join(&a).join("console.log")).unwrap_or_default();
+    assert!(console.contains("Power down") || console.contains("shutting down"), "stop was not a guest shutdown:\n{console}");
+    let (_, tail) = s.get(&format!("/vms/{a}/console/tail?lines=5")).await;
+    assert_eq!(tail["console"].as_str().unwrap().lines().count(), 5);
+    let (st, r) = s.post(&format!("/vms/{a}/actions"), json!({"action": "start"})).await;
+    assert_eq!(st, 200);
+    assert_eq!(r["state"], "provisioning");
+    let (st, busy) = s.post(&format!("/vms/{a}/actions"), json!({"action": "reboot"})).await;
+    assert_eq!(st, 409, "a second lifecycle op while booting must be refused: {busy}");
+    assert_eq!(s.wait_settled(&a).await["state"], "running");
+    assert_eq!(s.exec(&a, "cat /root/marker").await["stdout"], "persisted\n");
+
+    // Reboot.
+    let before = s.qemu_pid(&a).unwrap();
+    let (st, _) = s.post(&format!("/vms/{a}/actions"), json!({"action": "reboot"})).await;
+    assert_eq!(st, 200);
+    assert_eq!(s.wait_settled(&a).await["state"], "running");
+    assert_ne!(s.qemu_pid(&a).unwrap(), before);
+    assert!(!alive(before));
+    assert_eq!(s.exec(&a, "cat /root/marker").await["stdout"], "persisted\n");
+
+    // Restart the service (kill -9): the running VM is adopted and still usable.
+    let pid_a = s.qemu_pid(&a).unwrap();
+    s.kill9();
+    assert!(alive(pid_a), "killing the service must not kill the VMs");
+    s.spawn().await;
+    let (_, r) = s.get(&format!("/vms/{a}")).await;
+    assert_eq!(r["state"], "running", "{r}\n{}", s.log());
+    assert_eq!(s.exec(&a, "cat /etc/vm-id").await["stdout"], format!("{a}\n"));
+    assert_eq!(s.qemu_pid(&a), Some(pid_a));
+
+    // Delete: QEMU, files and record gone.
+    let (st, _) = s.call(Method::DELETE, &format!("/vms/{a}"), None).await;
+    assert_eq!(st, 200);
+    assert!(!alive(pid_a));
+    assert!(!s.base.join("vms").join(&a).exists());
+    let (st, _) = s.get(&format!("/vms/{a}")).await;
+    assert_eq!(st, 404);
+    let (st, _) = s.call(Method::DELETE, &format!("/vms/{b}"), None).await;
+    assert_eq!(st, 200);
+
+    // A bad base image: 422 and nothing left behind.
+    let (st, v) = s.post("/vms", json!({"vcpus": 1, "mem_mib": 256, "disk_gib": 5, "base_image": "/nonexistent/x.qcow2"})).await;
+    assert_eq!(st, 422, "{v}");
+    assert_eq!(std::fs::read_dir(s.base.join("vms")).unwrap().count(), 0);
+    let (_, all) = s.get("/vms").await;
+    assert_eq!(all, json!([]));
+    assert!(qemus_under(&s.base).is_empty());
+}
+
+#[tokio::test]
+async fn redis_catalog_create_get_delete() {
+    let redis = Redis::start();
+    let s = Service::start(Opts { redis_url: Some(redis.url()), ..Default::default() }).await;
+    let prefix = s.env.iter().find(|(k, _)| k == "REDIS_PREFIX").unwrap().1.clone();
+    let id = s.running_vm().await;
+    let raw = redis.cli(&["GET", &format!("{prefix}:vm:{id}")]);
+    let stored: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(stored["state"], "running");
+    assert_eq!(redis.cli(&["SISMEMBER", &format!("{prefix}:vms"), &id]), "1");
+    assert_eq!(s.exec(&id, "cat /etc/vm-id").await["stdout"], format!("{id}\n"));
+    let (st, _) = s.call(Method::DELETE, &format!("/vms/{id}"), None).await;
+    assert_eq!(st, 200);
+    assert_eq!(redis.cli(&["EXISTS", &format!("{prefix}:vm:{id}")]), "0");
+    assert!(qemus_under(&s.base).is_empty());
+}
