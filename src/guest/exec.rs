@@ -32,7 +32,12 @@ fn marker_path() -> String {
 
 pub async fn kill_marked(pool: &Pool, marker: &str) {
     let q = shell_quote(marker);
-    let cmd = format!("p=$(cat {q} 2>/dev/null) && [ -n \"$p\" ] && {{ kill -KILL -- -$p 2>/dev/null; pkill -KILL -s $p 2>/dev/null; kill -KILL $p 2>/dev/null; }}; rm -f {q}");
+    // Stop each process, then its children (depth-first, from /proc/<pid>/task/*/children),
+    // then kill it, so nothing escapes by forking or being reparented; then the group.
+    let cmd = format!(
+        "kd() {{ kill -STOP \"$1\" 2>/dev/null; for c in $(cat /proc/\"$1\"/task/*/children 2>/dev/null); do kd \"$c\"; done; kill -KILL \"$1\" 2>/dev/null; }}; \
+         p=$(cat {q} 2>/dev/null) && [ -n \"$p\" ] && {{ kd \"$p\"; kill -KILL -- -\"$p\" 2>/dev/null; }}; rm -f {q}"
+    );
     if let Ok(mut lease) = pool.session().await {
         if lease.channel.exec(true, cmd).await.is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(5), async { while lease.channel.wait().await.is_some() {} }).await;

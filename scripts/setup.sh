@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what vm-service needs on a Debian 12 host (as root) and builds the guest image.
+#   scripts/setup.sh            packages + guest image (VM_BASE_DIR/images/tiny)
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+pkgs=(qemu-system-x86 qemu-utils redis-server redis-tools busybox-static dropbear-bin openssh-sftp-server
+      openssh-client cpio dosfstools mtools syslinux syslinux-common fdisk zip unzip e2fsprogs
+      linux-image-amd64 python3 gcc ca-certificates curl)
+missing=()
+for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
+if ! dpkg-query -W -f='${Status}' qemu-system-x86 2>/dev/null | grep -q "ok installed"; then missing+=(qemu-system-x86); fi
+if [ "${#missing[@]}" -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || { echo "setup.sh: run as root to install: ${missing[*]}" >&2; exit 1; }
+  echo "setup.sh: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  # qemu-system-x86 (7.2, bookworm) needs qemu-utils from the same release: a newer
+  # backported qemu-utils is downgraded to match.
+  extra=()
+  if dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null | grep -q '^1:10'; then extra+=(--allow-downgrades qemu-utils/bookworm qemu-block-extra/bookworm); fi
+  apt-get install -y -q --no-install-recommends "${missing[@]}" "${extra[@]}" >/dev/null
+fi
+if [ -z "${VM_BASE_DIR:-}" ]; then
+  if [ "$(id -u)" = 0 ]; then VM_BASE_DIR=/var/lib/vm-service; else VM_BASE_DIR="$HOME/.local/share/vm-service"; fi
+fi
+export VM_BASE_DIR
+if [ ! -f "$VM_BASE_DIR/images/tiny/manifest.json" ]; then
+  bash "$here/guest/build.sh" --out "$VM_BASE_DIR/images/tiny"
+fi
+command -v cargo >/dev/null || { echo "setup.sh: cargo not found; install a Rust toolchain (rustup, Rust >= 1.85)" >&2; exit 1; }

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Sets up the host (packages, guest image) and runs every test: unit tests, API tests
+# against real servers (embedded catalog and a real Redis), and end-to-end tests that
+# boot real QEMU guests under TCG. VM tests run with limited parallelism.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bash "$here/scripts/setup.sh"
+if [ -z "${VM_BASE_DIR:-}" ]; then
+  if [ "$(id -u)" = 0 ]; then VM_BASE_DIR=/var/lib/vm-service; else VM_BASE_DIR="$HOME/.local/share/vm-service"; fi
+fi
+export VM_TEST_IMAGE_DIR="${VM_TEST_IMAGE_DIR:-$VM_BASE_DIR/images/tiny}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/vm-service-target}"
+cd "$here"
+cargo test --locked -- --test-threads=2
