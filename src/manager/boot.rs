@@ -51,7 +51,16 @@ impl Manager {
                     Boot::Kernel { kernel, .. } => Some(kernel),
                     Boot::Disk => None,
                 });
+                // The probe costs up to 6 s; its result holds until the host reboots.
+                let cache = self.cfg.base_dir.join("accel-probe.json");
+                let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+                let key = format!("{}|{}|{:?}", boot_id.trim(), self.cfg.qemu_bin, kernel);
+                if let Some(r) = accel::load_cached(&cache, &key) {
+                    tracing::info!(accel = r.accel.as_str(), reason = %r.reason, "accelerator chosen (cached probe)");
+                    return r;
+                }
                 let r = accel::probe(&self.cfg.qemu_bin, Arch::host(), kernel.as_deref(), Duration::from_secs(6)).await;
+                accel::store_cached(&cache, &key, &r);
                 tracing::info!(accel = r.accel.as_str(), reason = %r.reason, "accelerator chosen");
                 r
             })

@@ -62,3 +62,26 @@ pub async fn probe(qemu_bin: &str, arch: Arch, kernel: Option<&Path>, budget: Du
         tcg(format!("KVM probe guest made no progress within {:.0} s (nested/PVM KVM?); using TCG", budget.as_secs_f64()))
     }
 }
+
+/// A probe result stored under VM_BASE_DIR, valid for the same `key` (host boot id,
+/// QEMU binary, kernel).
+pub fn load_cached(path: &Path, key: &str) -> Option<ProbeResult> {
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    if v["key"].as_str()? != key {
+        return None;
+    }
+    let accel = match v["accel"].as_str()? {
+        "kvm" => Accel::Kvm,
+        "hvf" => Accel::Hvf,
+        "tcg" => Accel::Tcg,
+        _ => return None,
+    };
+    Some(ProbeResult { accel, reason: format!("{} (cached)", v["reason"].as_str().unwrap_or("")) })
+}
+
+pub fn store_cached(path: &Path, key: &str, r: &ProbeResult) {
+    let v = serde_json::json!({ "key": key, "accel": r.accel.as_str(), "reason": r.reason });
+    if let Err(e) = std::fs::write(path, v.to_string()) {
+        tracing::warn!(path = %path.display(), error = %e, "could not cache the accelerator probe");
+    }
+}
