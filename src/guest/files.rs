@@ -22,6 +22,14 @@ pub struct Sftp {
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
+impl Drop for Sftp {
+    fn drop(&mut self) {
+        // Close the channel stream so the guest's sftp-server exits and the channel is freed;
+        // the future completes at once (no I/O wait).
+        let _ = futures::executor::block_on(self.session.close());
+    }
+}
+
 pub async fn sftp(pool: &Pool) -> Result<Sftp, GuestError> {
     let lease = pool.session().await?;
     lease.channel.request_subsystem(true, "sftp").await?;
