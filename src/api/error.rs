@@ -37,8 +37,8 @@ pub fn validation(loc: &[&str], msg: impl Into<String>) -> ApiError {
     ApiError::Validation { loc: loc.iter().map(|s| s.to_string()).collect(), msg: msg.into(), kind: "value_error" }
 }
 
-/// Status for a manager error (also used by routes that answer 200 + ok:false).
-pub fn status_of(e: &ManagerError) -> StatusCode {
+/// Status for a manager error.
+fn status_of(e: &ManagerError) -> StatusCode {
     match e {
         ManagerError::NotFound => StatusCode::NOT_FOUND,
         ManagerError::NotRunning | ManagerError::Busy(_) => StatusCode::CONFLICT,

@@ -1,7 +1,7 @@
 //! File routes: upload-files, list-dirs, read-file, create-dir, download-file,
 //! download-folder. upload-files keeps 200 + `{ok, reason}` (compat-critical); the others
 //! answer 404 unknown VM, 409 not running, 400 bad path.
-use super::error::{status_of, validation, ApiError};
+use super::error::{validation, ApiError};
 use super::json::ApiJson;
 use super::AppState;
 use crate::guest::files::{self, ArchiveFormat, DirEntry, FailedFile, ReadOutcome, UploadFile};
@@ -188,20 +188,13 @@ fn stream_body(rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, std::io::Err
     Body::from_stream(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }))
 }
 
-/// Download errors are honest 4xx/5xx with a JSON detail (the platform passes 4xx bodies
-/// through), not the original's 200 + ok:false.
-fn guest_error(e: ManagerError) -> Response {
-    ApiError::Status(status_of(&e), e.to_string()).into_response()
-}
-
 #[utoipa::path(get, path = "/vms/{vm_id}/download-file", params(DownloadFileQuery), responses((status = 200, description = "file bytes"), (status = 400), (status = 404), (status = 409), (status = 422)))]
 pub async fn download_file(State(st): State<AppState>, Path(vm_id): Path<String>, Query(q): Query<DownloadFileQuery>) -> Result<Response, ApiError> {
     let path = q.path.ok_or_else(|| ApiError::Validation { loc: vec!["query".into(), "path".into()], msg: "Field required".into(), kind: "missing" })?;
     let pool = st.mgr.pool(&vm_id).await?;
-    let dl = match files::download_file(&pool, &path).await {
-        Ok(d) => d,
-        Err(e) => return Ok(guest_error(e.into())),
-    };
+    // Errors are honest 4xx/5xx with a JSON detail (the platform passes 4xx bodies through),
+    // not the original's 200 + ok:false.
+    let dl = files::download_file(&pool, &path).await?;
     let name = path.trim_end_matches('/').rsplit('/').next().filter(|s| !s.is_empty()).unwrap_or("download").to_string();
     let mut resp = stream_body(dl.body).into_response();
     let h = resp.headers_mut();
@@ -227,14 +220,8 @@ pub async fn download_folder(State(st): State<AppState>, Path(vm_id): Path<Strin
     };
     let root = q.root.filter(|r| !r.is_empty()).unwrap_or_else(|| "/app".into());
     let pool = st.mgr.pool(&vm_id).await?;
-    let fmt = match files::archive_format(&pool, &root, prefer_zip).await {
-        Ok(f) => f,
-        Err(e) => return Ok(guest_error(e.into())),
-    };
-    let rx = match files::download_folder(&pool, &root, fmt).await {
-        Ok(r) => r,
-        Err(e) => return Ok(guest_error(e.into())),
-    };
+    let fmt = files::archive_format(&pool, &root, prefer_zip).await?;
+    let rx = files::download_folder(&pool, &root, fmt).await?;
     let base = root.trim_end_matches('/').rsplit('/').next().filter(|s| !s.is_empty()).unwrap_or("archive").to_string();
     let (ctype, name) = match fmt {
         ArchiveFormat::Zip => ("application/zip", format!("{base}.zip")),

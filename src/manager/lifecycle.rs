@@ -48,6 +48,22 @@ impl Manager {
         g
     }
 
+    /// Records `state` with `reason` as error_reason, clears the SSH port (no QEMU serves it
+    /// any more), and announces the transition once it is stored.
+    async fn set_state(&self, id: &str, state: VmState, reason: Option<String>) -> Result<Option<VmRecord>> {
+        let stored = reason.clone();
+        let rec = self
+            .catalog
+            .update(id, Box::new(move |r| {
+                r.state = state;
+                r.error_reason = stored;
+                r.ssh_port = None;
+            }))
+            .await?;
+        self.emit_state(id, state, reason);
+        Ok(rec)
+    }
+
     pub fn check_capacity(&self, spec: &CreateSpec) -> Result<()> {
         let c = &self.cfg;
         if spec.vcpus < 1 || spec.vcpus > c.max_vcpus {
@@ -125,16 +141,9 @@ impl Manager {
                 Err(e) => {
                     let reason = e.to_string();
                     tracing::warn!(vm_id = %id, error = %reason, "boot failed");
-                    let r2 = reason.clone();
-                    let _ = me
-                        .catalog
-                        .update(&id, Box::new(move |r| {
-                            r.state = VmState::Error;
-                            r.error_reason = Some(r2);
-                            r.ssh_port = None;
-                        }))
-                        .await;
-                    me.emit_state(&id, VmState::Error, Some(reason));
+                    if let Err(e) = me.set_state(&id, VmState::Error, Some(reason)).await {
+                        tracing::error!(vm_id = %id, error = %e, "could not record the boot failure");
+                    }
                 }
             }
         });
@@ -183,17 +192,7 @@ impl Manager {
                 let _ = std::fs::remove_file(p);
             }
         }
-        let rec = self
-            .catalog
-            .update(id, Box::new(|r| {
-                r.state = VmState::Stopped;
-                r.error_reason = None;
-                r.ssh_port = None;
-            }))
-            .await?
-            .ok_or(ManagerError::NotFound)?;
-        self.emit_state(id, VmState::Stopped, None);
-        Ok(rec)
+        self.set_state(id, VmState::Stopped, None).await?.ok_or(ManagerError::NotFound)
     }
 
     pub async fn stop(self: &Arc<Self>, id: &str, cleanup_disks: bool) -> Result<VmRecord> {
@@ -258,15 +257,7 @@ impl Manager {
         let Some(pid) = pid else {
             let _ = std::fs::remove_file(&f.pidfile);
             let reason = format!("qemu was not running when the service started (was {})", rec.state.as_str());
-            let r2 = reason.clone();
-            self.catalog
-                .update(&id, Box::new(move |r| {
-                    r.state = VmState::Stopped;
-                    r.error_reason = Some(r2);
-                    r.ssh_port = None;
-                }))
-                .await?;
-            self.emit_state(&id, VmState::Stopped, Some(reason));
+            self.set_state(&id, VmState::Stopped, Some(reason)).await?;
             return Ok(());
         };
         let port = process::forwarded_port(pid).or(rec.ssh_port).unwrap_or(0);
@@ -302,15 +293,7 @@ impl Manager {
             Err(e) => {
                 self.kill_running(&id, Duration::ZERO).await;
                 let reason = format!("service restarted; the guest was not reachable and was stopped: {e}");
-                let r2 = reason.clone();
-                self.catalog
-                    .update(&id, Box::new(move |r| {
-                        r.state = VmState::Error;
-                        r.error_reason = Some(r2);
-                        r.ssh_port = None;
-                    }))
-                    .await?;
-                self.emit_state(&id, VmState::Error, Some(reason));
+                self.set_state(&id, VmState::Error, Some(reason)).await?;
             }
         }
         Ok(())
