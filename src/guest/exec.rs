@@ -53,15 +53,33 @@ fn push_capped(buf: &mut Vec<u8>, data: &[u8], cap: usize, truncated: &mut bool)
     buf.extend_from_slice(&data[..data.len().min(room)]);
 }
 
+/// Runs `command`; retried on a fresh channel only when the guest never acknowledged the
+/// exec request (so the command cannot have started).
 pub async fn run(pool: &Pool, command: &str, timeout: Duration, cap: usize) -> Result<ExecOutput, GuestError> {
+    for _ in 0..3 {
+        if let Some(out) = run_once(pool, command, timeout, cap).await? {
+            if out.exit_code.is_none() && out.signal.is_none() && !out.timed_out {
+                return Err(GuestError::Ssh("the SSH channel closed before the command reported an exit status".into()));
+            }
+            return Ok(out);
+        }
+        tracing::debug!("exec channel closed before the guest acknowledged the request; retrying");
+    }
+    Err(GuestError::Ssh("the guest did not acknowledge the exec request".into()))
+}
+
+/// None when the channel ended before the guest acknowledged the exec request.
+async fn run_once(pool: &Pool, command: &str, timeout: Duration, cap: usize) -> Result<Option<ExecOutput>, GuestError> {
     let marker = marker_path();
     let mut lease = pool.session().await?;
     lease.channel.exec(true, wrap(command, &marker)).await?;
     lease.channel.eof().await?;
     let mut out = ExecOutput::default();
+    let mut started = false;
     let read = async {
         while let Some(msg) = lease.channel.wait().await {
             match msg {
+                ChannelMsg::Success => started = true,
                 ChannelMsg::Data { data } => push_capped(&mut out.stdout, &data, cap, &mut out.truncated),
                 ChannelMsg::ExtendedData { data, ext: 1 } => push_capped(&mut out.stderr, &data, cap, &mut out.truncated),
                 ChannelMsg::ExitStatus { exit_status } => out.exit_code = Some(exit_status as i32),
@@ -80,7 +98,8 @@ pub async fn run(pool: &Pool, command: &str, timeout: Duration, cap: usize) -> R
             kill_marked(pool, &marker).await;
         }
     }
-    Ok(out)
+    let acknowledged = started || out.timed_out || out.exit_code.is_some() || out.signal.is_some() || !out.stdout.is_empty() || !out.stderr.is_empty();
+    Ok(acknowledged.then_some(out))
 }
 
 /// Runs a command whose failure is an error (service-internal helpers).
