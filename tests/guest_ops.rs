@@ -50,7 +50,7 @@ async fn files(s: &Service, id: &str) {
     let (_, rf) = s.post(&format!("/vms/{id}/read-file"), json!({"path": format!("/app/{WEIRD_DIR}/{WEIRD}")})).await;
     assert_eq!(rf, json!({"name": WEIRD, "content": body, "length": body.len(), "found": true}));
     let (_, rf) = s.post(&format!("/vms/{id}/read-file"), json!({"path": "/app/missing"})).await;
-    assert_eq!(rf["found"], false);
+    assert_eq!(rf["found"], false, "{rf}");
 
     let (_, cd) = s.post(&format!("/vms/{id}/create-dir"), json!({"path": "/app/new dir/deep"})).await;
     assert_eq!(cd["ok"], true);
@@ -93,20 +93,44 @@ async fn files(s: &Service, id: &str) {
     let r = s.client.get(s.url(&format!("/vms/{id}/download-folder"))).query(&[("prefer_fmt", "rar")]).bearer_auth(TOKEN).send().await.unwrap();
     assert_eq!(r.status(), 422);
 
-    // 64 MiB round trip, byte-identical.
+    // Streamed single-file upload: bad input first.
+    let put = |q: Vec<(&'static str, String)>, body: reqwest::Body| s.client.put(s.url(&format!("/vms/{id}/upload-file"))).query(&q).bearer_auth(TOKEN).body(body).send();
+    let r = put(vec![("path", "rel/x".into())], "x".into()).await.unwrap();
+    assert_eq!(r.status(), 422, "relative path");
+    let r = put(vec![("path", "/root/m.sh".into()), ("mode", "9z".into())], "x".into()).await.unwrap();
+    assert_eq!(r.status(), 422, "bad mode");
+    let r = put(vec![("path", "/root".into())], "x".into()).await.unwrap();
+    assert_eq!(r.status(), 400, "a directory is not a file");
+    let r = put(vec![("path", format!("/root/{WEIRD_DIR}/m.sh")), ("mode", "0750".into())], "#!/bin/sh\necho m\n".into()).await.unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let v = s.exec(&id, &format!("cd /root && stat -c %a {q} && {q}", q = vm_service::util::shell_quote(&format!("./{WEIRD_DIR}/m.sh")))).await;
+    assert_eq!(v["stdout"], "750\nm\n", "{v}");
+
+    // 64 MiB round trip, byte-identical, streamed both ways: the service's peak RSS must
+    // not grow by anything near the file size.
     let big: Vec<u8> = (0..64u32 * 1024 * 1024).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let pid = s.child.as_ref().unwrap().id() as i32;
+    let hwm0 = peak_rss(pid);
+    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = big.chunks(1 << 20).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect();
     let t = Instant::now();
-    let (_, v) = s
-        .post(&format!("/vms/{id}/upload-files"), json!({"dest_path": "/root", "files": [{"path": "big.bin", "content_b64": base64::engine::general_purpose::STANDARD.encode(&big), "mode": 420}]}))
-        .await;
-    assert_eq!(v["ok"], true, "{v}");
+    let r = put(vec![("path", "/root/big.bin".into())], reqwest::Body::wrap_stream(futures::stream::iter(chunks))).await.unwrap();
+    assert_eq!(r.status(), 201);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["bytes"], 64 * 1024 * 1024, "{v}");
     let up = t.elapsed();
+    let hwm1 = peak_rss(pid);
     let t = Instant::now();
     let r = s.client.get(&url).query(&[("path", "/root/big.bin")]).bearer_auth(TOKEN).send().await.unwrap();
     let got = r.bytes().await.unwrap();
     let down = t.elapsed();
+    let hwm2 = peak_rss(pid);
     assert!(got == big, "64 MiB download differs ({} bytes)", got.len());
-    eprintln!("64 MiB upload {:.1} MB/s, download {:.1} MB/s", 64.0 / up.as_secs_f64(), 64.0 / down.as_secs_f64());
+    eprintln!(
+        "64 MiB upload {:.1} MB/s, download {:.1} MB/s; service peak RSS {} -> {} -> {} KiB",
+        64.0 / up.as_secs_f64(), 64.0 / down.as_secs_f64(), hwm0, hwm1, hwm2
+    );
+    assert!(hwm1 - hwm0 < 24 * 1024, "upload grew the service's peak RSS by {} KiB", hwm1 - hwm0);
+    assert!(hwm2 - hwm1 < 24 * 1024, "download grew the service's peak RSS by {} KiB", hwm2 - hwm1);
     std::fs::remove_dir_all(work).ok();
 }
 
@@ -178,17 +202,45 @@ async fn tty(s: &Service, id: &str) {
     ws.send(Message::Binary(b"stty size; echo raw''-ok\n".to_vec().into())).await.unwrap();
     let text = read_until(&mut ws, "raw-ok", Duration::from_secs(20)).await;
     assert!(text.contains("41 132"), "{text}");
-    // keystroke echo latency, single bytes
+    // Keystroke echo latency: single bytes, each a letter not sent in the previous 25, after
+    // the prompt has settled, so a stale echo cannot be taken for the fresh one.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    read_until(&mut ws, "\u{0}never", Duration::from_millis(300)).await;
     let mut lat = vec![];
-    for _ in 0..100 {
+    for i in 0..100u8 {
+        let key = (b'a' + i % 26) as char;
         let t = Instant::now();
-        ws.send(Message::Binary(b"z".to_vec().into())).await.unwrap();
-        read_until(&mut ws, "z", Duration::from_secs(5)).await;
+        ws.send(Message::Binary(vec![key as u8].into())).await.unwrap();
+        let got = read_until(&mut ws, &key.to_string(), Duration::from_secs(5)).await;
+        assert!(got.contains(key), "no echo of {key:?}: {got:?}");
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    eprintln!("tty keystroke echo median {:.1} ms", lat[lat.len() / 2]);
+    eprintln!("tty keystroke echo (n=100): median {:.2} ms, p95 {:.2} ms", lat[50], lat[95]);
     drop(ws);
+
+    // 50 terminals opened and dropped by the client (no exit): no shell is left behind.
+    for batch in 0..5 {
+        let mut open = vec![];
+        for i in 0..10 {
+            let (mut ws, _) = tokio_tungstenite::connect_async(format!("{url}?mode=raw&token={TOKEN}")).await.unwrap();
+            ws.send(Message::Binary(format!("echo t{batch}-{i}''-up\n").into_bytes().into())).await.unwrap();
+            let text = read_until(&mut ws, &format!("t{batch}-{i}-up"), Duration::from_secs(20)).await;
+            assert!(text.contains(&format!("t{batch}-{i}-up")), "terminal {batch}-{i}: {text}");
+            open.push(ws);
+        }
+        drop(open);
+    }
+    let count = "ls -l /proc/[0-9]*/fd/0 2>/dev/null | grep -c /dev/pts/ || true";
+    let mut left = String::new();
+    for _ in 0..50 {
+        left = s.exec(id, count).await["stdout"].as_str().unwrap().trim().to_string();
+        if left == "0" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(left, "0", "shells left on a PTY after 50 terminals closed");
 
     // Unknown VM: the original's text, then a close.
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/vms/5f0c5a1e-1d7e-4b43-9a8e-0c1f9b0f0a11/tty?token={TOKEN}", s.port)).await.unwrap();
@@ -231,15 +283,45 @@ async fn metrics(s: &Service, id: &str) {
     let busy = s.get(&format!("/metrics/{id}")).await.1["cpu_percent"].as_f64().unwrap();
     assert!(busy > idle + 30.0 && busy > 50.0, "cpu under load {busy} vs idle {idle}");
     let text = s.client.get(s.url("/metrics")).bearer_auth(TOKEN).send().await.unwrap().text().await.unwrap();
-    for series in ["vm_service_vms{state=\"running\"} 1", "vm_service_vm_rss_bytes{vm_id=", "vm_service_vm_cpu_seconds{vm_id=", "vm_service_boot_duration_seconds_count", "vm_service_ssh_pool_connections{vm_id=", "vm_service_http_requests_total{"] {
-        assert!(text.contains(series), "missing {series} in\n{text}");
-    }
+    prometheus_scrape_holds_the_series(&text, id);
+}
+
+/// Every line of the exposition is a HELP/TYPE/sample line a Prometheus text parser
+/// accepts (OpenMetrics' `# EOF` / `# UNIT` aside), and the parsed samples hold the
+/// node and per-VM series with sane values.
+fn prometheus_scrape_holds_the_series(text: &str, id: &str) {
+    use prometheus_parse::{LineInfo, Scrape, Value};
     assert!(text.trim_end().ends_with("# EOF"));
+    for line in text.lines() {
+        match LineInfo::parse(line) {
+            LineInfo::Doc { .. } | LineInfo::Type { .. } | LineInfo::Empty => {}
+            LineInfo::Sample { value, .. } => assert!(value.parse::<f64>().is_ok() || ["+Inf", "-Inf", "NaN"].contains(&value), "bad value in {line:?}"),
+            LineInfo::Ignored => assert!(line == "# EOF" || line.starts_with("# UNIT "), "unparseable line {line:?}"),
+        }
+    }
+    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    let find = |metric: &str, label: (&str, &str)| {
+        scrape.samples.iter().find(|x| x.metric == metric && x.labels.get(label.0) == Some(label.1)).unwrap_or_else(|| panic!("no {metric}{{{}={}}} in\n{text}", label.0, label.1))
+    };
+    let num = |v: &Value| match v {
+        Value::Counter(f) | Value::Gauge(f) | Value::Untyped(f) => *f,
+        other => panic!("not a number: {other:?}"),
+    };
+    assert_eq!(num(&find("vm_service_vms", ("state", "running")).value), 1.0);
+    assert!(num(&find("vm_service_vm_rss_bytes", ("vm_id", id)).value) > 10e6, "QEMU RSS");
+    assert!(num(&find("vm_service_vm_cpu_seconds_total", ("vm_id", id)).value) > 1.0, "QEMU CPU seconds");
+    assert!(num(&find("vm_service_ssh_pool_connections", ("vm_id", id)).value) >= 1.0);
+    assert!(num(&find("vm_service_http_requests_total", ("route", "/vms/:vm_id/execute-sh")).value) >= 2.0);
+    let boot = scrape.samples.iter().find(|x| x.metric == "vm_service_boot_duration_seconds").expect("boot histogram");
+    match &boot.value {
+        Value::Histogram(b) => assert!(b.iter().any(|c| c.less_than.is_infinite() && c.count >= 1.0), "{b:?}"),
+        other => panic!("boot duration is not a histogram: {other:?}"),
+    }
 }
 
 #[tokio::test]
 async fn guest_operations_end_to_end() {
-    let s = Service::start(Opts { extra: vec![("VM_ACCEL".into(), "tcg".into())], ..Default::default() }).await;
+    let s = Service::start(Opts { extra: vec![("VM_ACCEL".into(), "tcg".into()), ("LOG_FORMAT".into(), "json".into())], ..Default::default() }).await;
     // Events: subscribe before create, see the ordered steps through running.
     let ev = s.client.get(s.url("/events")).bearer_auth(TOKEN).send().await.unwrap();
     let mut stream = ev.bytes_stream();
@@ -264,4 +346,34 @@ async fn guest_operations_end_to_end() {
     files(&s, &id).await;
     tty(&s, &id).await;
     metrics(&s, &id).await;
+    logs(&s, &id);
+}
+
+/// JSON log lines: every span of a request on a VM route and every VM step carries the
+/// VM id; the token never appears.
+fn logs(s: &Service, id: &str) {
+    let log = s.log();
+    assert!(!log.contains(TOKEN), "the token was logged");
+    let (mut vm_requests, mut steps) = (0, 0);
+    for line in log.lines().filter(|l| l.starts_with('{')) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        for span in v["spans"].as_array().into_iter().flatten() {
+            if span["name"] == "http" && span["route"].as_str().is_some_and(|r| r.contains("{vm_id}")) {
+                assert!(span["vm_id"].as_str().is_some_and(|v| v.len() == 36), "http span without the VM id: {line}");
+                vm_requests += usize::from(span["vm_id"] == id);
+            }
+        }
+        if v["fields"]["message"] == "vm step" {
+            assert_eq!(v["fields"]["vm_id"], id, "{line}");
+            assert!(v["spans"].as_array().into_iter().flatten().any(|sp| sp["name"] == "vm" && sp["vm_id"] == id), "boot span missing: {line}");
+            steps += 1;
+        }
+    }
+    assert!(vm_requests > 10 && steps >= 4, "too few VM log lines: {vm_requests} requests, {steps} steps");
+}
+
+/// VmHWM (peak resident set) of a process, KiB.
+fn peak_rss(pid: i32) -> i64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap()
 }

@@ -45,7 +45,7 @@ fn status_of(e: &ManagerError) -> StatusCode {
         ManagerError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         ManagerError::Capacity(_) => StatusCode::INSUFFICIENT_STORAGE,
         ManagerError::Catalog(CatalogError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
-        ManagerError::Guest(GuestError::BadPath(_)) => StatusCode::BAD_REQUEST,
+        ManagerError::Guest(GuestError::BadPath(_) | GuestError::Upload(_)) => StatusCode::BAD_REQUEST,
         ManagerError::Guest(GuestError::NotFound(_)) => StatusCode::NOT_FOUND,
         ManagerError::Guest(GuestError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
         ManagerError::Guest(_) => StatusCode::BAD_GATEWAY,

@@ -84,6 +84,41 @@ pub async fn upload_files(State(st): State<AppState>, Path(vm_id): Path<String>,
     }
 }
 
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct UploadFileQuery {
+    /// Absolute destination path in the guest.
+    pub path: Option<String>,
+    /// File mode in octal, e.g. `644` or `0755` (default 644).
+    pub mode: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UploadFileResponse {
+    pub ok: bool,
+    pub path: String,
+    pub bytes: u64,
+}
+
+/// Streamed single-file upload: the request body is the file's raw bytes, copied to the
+/// guest in bounded chunks (no base64, memory does not grow with the file).
+#[utoipa::path(put, path = "/vms/{vm_id}/upload-file", params(UploadFileQuery), request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 201, body = UploadFileResponse), (status = 400), (status = 404), (status = 409), (status = 422)))]
+pub async fn upload_file(State(st): State<AppState>, Path(vm_id): Path<String>, Query(q): Query<UploadFileQuery>, body: Body) -> Result<(StatusCode, Json<UploadFileResponse>), ApiError> {
+    let path = q.path.filter(|p| !p.is_empty()).ok_or_else(|| ApiError::Validation { loc: vec!["query".into(), "path".into()], msg: "Field required".into(), kind: "missing" })?;
+    if !path.starts_with('/') {
+        return Err(validation(&["query", "path"], "path must be absolute"));
+    }
+    let mode = match q.mode.as_deref().filter(|m| !m.is_empty()) {
+        None => 0o644,
+        Some(m) => u32::from_str_radix(m, 8).ok().filter(|m| *m <= 0o7777).ok_or_else(|| validation(&["query", "mode"], "mode must be octal digits, at most 7777"))?,
+    };
+    let pool = st.mgr.pool(&vm_id).await?;
+    let stream = futures::TryStreamExt::map_err(body.into_data_stream(), std::io::Error::other);
+    let reader = tokio_util::io::StreamReader::new(stream);
+    let bytes = files::upload_stream(&pool, &path, reader, mode).await?;
+    Ok((StatusCode::CREATED, Json(UploadFileResponse { ok: true, path: crate::util::normalize_abs(&path), bytes })))
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct VmPaths {
     #[serde(default = "root_paths")]

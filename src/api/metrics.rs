@@ -10,6 +10,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -80,18 +81,19 @@ pub async fn prometheus(State(st): State<AppState>) -> Result<Response, ApiError
         vms.get_or_create(&StateLabel { state: s.as_str().into() }).set(records.iter().filter(|r| r.state == s).count() as i64);
     }
     reg.register("vms", "VMs in the catalog by state", vms);
-    let cpu = Family::<VmLabel, Gauge<f64, AtomicU64>>::default();
+    // CPU and IO are monotonic per QEMU process: counters (`_total`), so rate() works.
+    let cpu = Family::<VmLabel, Counter<f64, AtomicU64>>::default();
     let rss = Family::<VmLabel, Gauge>::default();
-    let io_r = Family::<VmLabel, Gauge>::default();
-    let io_w = Family::<VmLabel, Gauge>::default();
+    let io_r = Family::<VmLabel, Counter>::default();
+    let io_w = Family::<VmLabel, Counter>::default();
     for (id, pid) in mgr.running_pids() {
         if let Some(s) = read_proc(pid) {
             let l = VmLabel { vm_id: id };
-            cpu.get_or_create(&l).set(s.cpu_seconds);
+            cpu.get_or_create(&l).inc_by(s.cpu_seconds);
             rss.get_or_create(&l).set(s.rss_bytes as i64);
             if let Some(io) = &s.io {
-                io_r.get_or_create(&l).set(io["read_bytes"].as_i64().unwrap_or(0));
-                io_w.get_or_create(&l).set(io["write_bytes"].as_i64().unwrap_or(0));
+                io_r.get_or_create(&l).inc_by(io["read_bytes"].as_u64().unwrap_or(0));
+                io_w.get_or_create(&l).inc_by(io["write_bytes"].as_u64().unwrap_or(0));
             }
         }
     }

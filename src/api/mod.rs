@@ -51,7 +51,7 @@ impl utoipa::Modify for SecurityAddon {
     paths(
         health::health,
         vms::create, vms::list, vms::list_ids, vms::get_vm, vms::actions, vms::delete_vm,
-        files::upload_files, files::list_dirs, files::read_file, files::create_dir,
+        files::upload_files, files::upload_file, files::list_dirs, files::read_file, files::create_dir,
         files::download_file, files::download_folder,
         search::search, exec::execute_sh, console::tail,
         metrics::vm_metrics, metrics::prometheus,
@@ -95,13 +95,18 @@ async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response 
 async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
     let request_id = uuid::Uuid::new_v4().simple().to_string();
-    let span = tracing::info_span!("http", request_id = %&request_id[..12], method = %req.method(), route = %route);
+    let span = tracing::info_span!("http", request_id = %&request_id[..12], method = %req.method(), route = %route, vm_id = tracing::field::Empty);
+    if let Some(id) = req.uri().path().split('/').find(|seg| crate::model::valid_vm_id(seg)) {
+        span.record("vm_id", id);
+    }
     let start = Instant::now();
     let mut resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
     let status = resp.status().as_u16();
     let secs = start.elapsed().as_secs_f64();
-    st.mgr.stats.requests.get_or_create(&crate::metrics::RouteLabels { route: route.clone(), status }).inc();
-    st.mgr.stats.request_seconds.get_or_create(&crate::metrics::RouteOnly { route }).observe(secs);
+    // Label values as `/vms/:vm_id/...`: braces inside label values trip simple scrapers.
+    let label = route.replace('{', ":").replace('}', "");
+    st.mgr.stats.requests.get_or_create(&crate::metrics::RouteLabels { route: label.clone(), status }).inc();
+    st.mgr.stats.request_seconds.get_or_create(&crate::metrics::RouteOnly { route: label }).observe(secs);
     span.in_scope(|| tracing::debug!(status, ms = secs * 1000.0, "request done"));
     if let Ok(v) = header::HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
@@ -134,7 +139,9 @@ pub fn router(state: AppState) -> Router {
     let upload = Router::new()
         .route("/vms/{vm_id}/upload-files", post(files::upload_files))
         .layer(DefaultBodyLimit::max(UPLOAD_BODY_LIMIT));
-    let protected = vm.merge(upload).route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    // Streamed to the guest chunk by chunk: bounded by the guest's disk, not by memory.
+    let stream_upload = Router::new().route("/vms/{vm_id}/upload-file", axum::routing::put(files::upload_file)).layer(DefaultBodyLimit::disable());
+    let protected = vm.merge(upload).merge(stream_upload).route_layer(middleware::from_fn_with_state(state.clone(), auth));
     let docs = utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi());
     Router::new()
         .route("/health", get(health::health))

@@ -5,6 +5,7 @@
 //! `{"type":"resize","cols":C,"rows":R}` resizes the PTY.
 //! Close codes: 1000 shell exited, 4404 unknown VM, 4409 VM not running, 1011 guest error.
 use super::AppState;
+use crate::guest::pty;
 use crate::manager::ManagerError;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
@@ -96,19 +97,12 @@ async fn session(st: AppState, vm_id: String, raw: bool, cols: u32, rows: u32, s
         Err(ManagerError::NotRunning) => return close(socket, Some("VM not running"), 4409, "VM not running").await,
         Err(e) => return close(socket, Some(&e.to_string()), 1011, "guest error").await,
     };
-    let lease = match pool.session().await {
-        Ok(l) => l,
-        Err(e) => return close(socket, Some(&e.to_string()), 1011, "guest error").await,
+    let pty = match pty::open(&pool, "xterm-256color", cols, rows).await {
+        Ok(p) => p,
+        Err(e) => return close(socket, Some(&format!("could not start a shell: {e}")), 1011, "guest error").await,
     };
-    let (channel, _permit) = lease.into_parts();
-    if let Err(e) = async {
-        channel.request_pty(true, "xterm-256color", cols, rows, 0, 0, &[]).await?;
-        channel.request_shell(true).await
-    }
-    .await
-    {
-        return close(socket, Some(&format!("could not start a shell: {e}")), 1011, "guest error").await;
-    }
+    let marker = pty.marker();
+    let (channel, _permit) = (pty.channel, pty.permit);
     let (mut rd, wr) = channel.split();
     let (mut ws_tx, mut ws_rx) = socket.split();
     // Output: pushed as it arrives; `send` awaits the socket, which is the backpressure.
@@ -158,9 +152,10 @@ async fn session(st: AppState, vm_id: String, raw: bool, cols: u32, rows: u32, s
     };
     tokio::pin!(out);
     tokio::select! {
-        _ = &mut out => {}
+        _ = &mut out => pty::forget(&pool, &marker).await,
         _ = input => {
-            // Client went away: close the channel so no shell is left behind.
+            // Client went away: kill the shell (closing the channel alone leaves it running).
+            pty::hang_up(&pool, &marker).await;
             let _ = wr.eof().await;
             let _ = wr.close().await;
         }

@@ -26,7 +26,7 @@ fn wrap(command: &str, marker: &str) -> String {
     format!("echo $$ > {marker}; trap 'rm -f {marker}' EXIT\n{command}")
 }
 
-fn marker_path() -> String {
+pub fn marker_path() -> String {
     format!("/tmp/.vmsvc-exec-{}.pid", uuid::Uuid::new_v4().simple())
 }
 

@@ -9,34 +9,20 @@ use russh::ChannelMsg;
 use russh_sftp::client::SftpSession;
 use russh_sftp::protocol::FileAttributes;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 pub const LIST_MAX_DEPTH: u32 = 20;
 pub const LIST_MAX_ENTRIES: usize = 50_000;
 pub const READ_FILE_CAP: u64 = 16 * 1024 * 1024;
 
-/// An SFTP session on a pooled channel; the lease keeps the channel's slot.
+/// The VM's shared SFTP session (see sftp.rs).
 pub struct Sftp {
-    pub session: SftpSession,
-    _permit: tokio::sync::OwnedSemaphorePermit,
-}
-
-impl Drop for Sftp {
-    fn drop(&mut self) {
-        // Close the channel stream so the guest's sftp-server exits and the channel is freed;
-        // the future completes at once (no I/O wait).
-        let _ = futures::executor::block_on(self.session.close());
-    }
+    pub session: std::sync::Arc<SftpSession>,
 }
 
 pub async fn sftp(pool: &Pool) -> Result<Sftp, GuestError> {
-    let lease = pool.session().await?;
-    lease.channel.request_subsystem(true, "sftp").await?;
-    let (channel, permit) = lease.into_parts();
-    let session = SftpSession::new(channel.into_stream()).await?;
-    session.set_timeout(60);
-    Ok(Sftp { session, _permit: permit })
+    Ok(Sftp { session: super::sftp::session(pool).await? })
 }
 
 /// mkdir -p over SFTP, one component at a time.
@@ -96,13 +82,31 @@ pub async fn clean_dir(pool: &Pool, dest: &str) -> Result<(), GuestError> {
 /// Writes one file: temp name in the same directory, exact mode, then rename over the
 /// target, so a reader never sees a half-written file.
 pub async fn write_atomic(s: &SftpSession, path: &str, content: &[u8], mode: u32) -> Result<(), GuestError> {
+    write_atomic_from(s, path, content, mode).await.map(|_| ())
+}
+
+/// As `write_atomic`, copying from a reader in bounded chunks (memory does not grow with
+/// the file); returns the bytes written. A reader error removes the temp file.
+pub async fn write_atomic_from<R: AsyncRead + Unpin>(s: &SftpSession, path: &str, mut src: R, mode: u32) -> Result<u64, GuestError> {
     let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
     let dir = if dir.is_empty() { "/" } else { dir };
+    if name.is_empty() {
+        return Err(GuestError::BadPath(format!("{path} names a directory, not a file")));
+    }
     mkdir_p(s, dir).await?;
     let tmp = format!("{}/.{}.vmsvc-{}", dir.trim_end_matches('/'), name, uuid::Uuid::new_v4().simple());
     let result = async {
         let mut f = s.create(tmp.clone()).await?;
-        f.write_all(content).await.map_err(|e| GuestError::Sftp(format!("write: {e}")))?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total = 0u64;
+        loop {
+            let n = src.read(&mut buf).await.map_err(|e| GuestError::Upload(format!("reading the upload: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            f.write_all(&buf[..n]).await.map_err(|e| GuestError::Sftp(format!("write: {e}")))?;
+            total += n as u64;
+        }
         f.shutdown().await.map_err(|e| GuestError::Sftp(format!("close: {e}")))?;
         let attrs = FileAttributes { permissions: Some(mode & 0o7777), ..FileAttributes::empty() };
         s.set_metadata(tmp.clone(), attrs).await?;
@@ -113,13 +117,23 @@ pub async fn write_atomic(s: &SftpSession, path: &str, content: &[u8], mode: u32
             s.remove_file(path.to_string()).await?;
         }
         s.rename(tmp.clone(), path.to_string()).await?;
-        Ok(())
+        Ok(total)
     }
     .await;
     if result.is_err() {
         let _ = s.remove_file(tmp).await;
     }
     result
+}
+
+/// One file streamed to an absolute path (temp name + rename, exact mode).
+pub async fn upload_stream<R: AsyncRead + Unpin>(pool: &Pool, path: &str, src: R, mode: u32) -> Result<u64, GuestError> {
+    if !path.starts_with('/') {
+        return Err(GuestError::BadPath(format!("path must be absolute: {path:?}")));
+    }
+    let target = normalize_abs(path);
+    let s = sftp(pool).await?;
+    write_atomic_from(&s.session, &target, src, mode).await
 }
 
 pub async fn upload(pool: &Pool, dest: &str, clean: bool, files: Vec<(String, Result<UploadFile, String>)>) -> Result<Vec<FailedFile>, GuestError> {

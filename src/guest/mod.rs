@@ -3,7 +3,9 @@
 pub mod exec;
 pub mod files;
 pub mod pool;
+pub mod pty;
 pub mod search;
+pub mod sftp;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
@@ -21,6 +23,9 @@ pub enum GuestError {
     NotFound(String),
     #[error("{0}")]
     TooLarge(String),
+    /// The client's upload stream failed (disconnect, bad body).
+    #[error("{0}")]
+    Upload(String),
 }
 
 impl From<russh::Error> for GuestError {

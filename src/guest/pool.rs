@@ -65,6 +65,7 @@ impl Lease {
 pub struct Pool {
     target: Target,
     conns: tokio::sync::Mutex<Vec<Arc<Conn>>>,
+    sftp: super::sftp::SftpCache,
 }
 
 fn config() -> Arc<client::Config> {
@@ -113,7 +114,11 @@ impl Pool {
     /// Connects once (readiness check) and returns a pool holding that connection.
     pub async fn connect(target: Target, timeout: Duration) -> Result<Pool, GuestError> {
         let conn = dial(&target, timeout).await?;
-        Ok(Pool { target, conns: tokio::sync::Mutex::new(vec![Arc::new(conn)]) })
+        Ok(Pool { target, conns: tokio::sync::Mutex::new(vec![Arc::new(conn)]), sftp: Default::default() })
+    }
+
+    pub(crate) fn sftp_cache(&self) -> &super::sftp::SftpCache {
+        &self.sftp
     }
 
     pub fn host_key(&self) -> Option<String> {
@@ -165,6 +170,7 @@ impl Pool {
     }
 
     pub async fn close(&self) {
+        self.sftp.clear().await;
         let conns = std::mem::take(&mut *self.conns.lock().await);
         for c in conns {
             let _ = c.handle.disconnect(russh::Disconnect::ByApplication, "", "en").await;

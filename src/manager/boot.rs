@@ -176,7 +176,9 @@ impl Manager {
                 }
             }
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(if marker_ok { 200 } else { 100 })) => {}
+                // Short polls: each costs a small file read or one loopback connect, and the
+                // guest is ready within ~0.2 s of its marker.
+                _ = tokio::time::sleep(Duration::from_millis(if marker_ok { 25 } else { 50 })) => {}
                 _ = exited.changed() => {}
                 _ = cancel.cancelled() => {}
             }

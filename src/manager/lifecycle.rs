@@ -85,6 +85,7 @@ impl Manager {
         let image_spec = base.clone().unwrap_or_else(|| self.cfg.base_image.clone());
         BaseImage::resolve(&image_spec, &self.cfg.images_dir()).map_err(|e| invalid("base_image", e.to_string()))?;
         let id = uuid::Uuid::new_v4().to_string();
+        tracing::Span::current().record("vm_id", id.as_str());
         let f = self.files(&id);
         std::fs::create_dir_all(&f.dir).map_err(|e| ManagerError::Internal(format!("creating {}: {e}", f.dir.display())))?;
         let t = now();
@@ -124,7 +125,8 @@ impl Manager {
         let slot = self.slot(&id);
         let cancel = CancellationToken::new();
         *slot.cancel.lock().unwrap_or_else(|p| p.into_inner()) = Some(cancel.clone());
-        tokio::spawn(async move {
+        let span = tracing::info_span!("vm", vm_id = %id);
+        tokio::spawn(tracing::Instrument::instrument(async move {
             let _guard = guard;
             let res = match timeout_override {
                 Some(s) => me.boot_with_timeout(&id, cancel, s).await,
@@ -146,7 +148,7 @@ impl Manager {
                     }
                 }
             }
-        });
+        }, span));
     }
 
     async fn boot_with_timeout(self: &Arc<Self>, id: &str, cancel: CancellationToken, secs: u64) -> Result<()> {
@@ -166,6 +168,7 @@ impl Manager {
         }
     }
 
+    #[tracing::instrument(name = "vm.start", skip_all, fields(vm_id = %id))]
     pub async fn start(self: &Arc<Self>, id: &str) -> Result<VmRecord> {
         let rec = self.get(id).await?;
         let slot = self.slot(id);
@@ -195,6 +198,7 @@ impl Manager {
         self.set_state(id, VmState::Stopped, None).await?.ok_or(ManagerError::NotFound)
     }
 
+    #[tracing::instrument(name = "vm.stop", skip_all, fields(vm_id = %id))]
     pub async fn stop(self: &Arc<Self>, id: &str, cleanup_disks: bool) -> Result<VmRecord> {
         self.get(id).await?;
         let slot = self.slot(id);
@@ -202,6 +206,7 @@ impl Manager {
         self.stop_locked(id, cleanup_disks).await
     }
 
+    #[tracing::instrument(name = "vm.reboot", skip_all, fields(vm_id = %id))]
     pub async fn reboot(self: &Arc<Self>, id: &str) -> Result<VmRecord> {
         self.get(id).await?;
         let slot = self.slot(id);
@@ -220,6 +225,7 @@ impl Manager {
     }
 
     /// Stop + remove the workdir + remove the record (the original kept both forever).
+    #[tracing::instrument(name = "vm.delete", skip_all, fields(vm_id = %id))]
     pub async fn delete(self: &Arc<Self>, id: &str) -> Result<VmRecord> {
         let rec = self.get(id).await?;
         let slot = self.slot(id);
@@ -250,6 +256,7 @@ impl Manager {
         Ok(())
     }
 
+    #[tracing::instrument(name = "vm.adopt", skip_all, fields(vm_id = %rec.id))]
     async fn adopt(self: &Arc<Self>, rec: &VmRecord) -> Result<()> {
         let id = rec.id.clone();
         let f = self.files(&id);

@@ -16,7 +16,8 @@ impl Manager {
         let stopping = Arc::new(AtomicBool::new(false));
         let me = self.clone();
         let (vid, stop_flag) = (id.to_string(), stopping.clone());
-        tokio::spawn(async move {
+        let span = tracing::info_span!("vm.watch", vm_id = %id, pid);
+        tokio::spawn(tracing::Instrument::instrument(async move {
             let status = child.wait().await;
             let _ = tx.send(true);
             let desc = match status {
@@ -29,7 +30,7 @@ impl Manager {
                 Err(e) => Some(format!("wait failed: {e}")),
             };
             me.on_exit(&vid, pid, port, &stop_flag, desc).await;
-        });
+        }, span));
         Running { pid, port, exited: rx, stopping }
     }
 
@@ -38,13 +39,14 @@ impl Manager {
         let stopping = Arc::new(AtomicBool::new(false));
         let me = self.clone();
         let (vid, stop_flag) = (id.to_string(), stopping.clone());
-        tokio::spawn(async move {
+        let span = tracing::info_span!("vm.watch", vm_id = %id, pid);
+        tokio::spawn(tracing::Instrument::instrument(async move {
             while process::is_alive(pid) {
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
             let _ = tx.send(true);
             me.on_exit(&vid, pid, port, &stop_flag, Some("exited (adopted process; status unknown)".into())).await;
-        });
+        }, span));
         Running { pid, port, exited: rx, stopping }
     }
 
