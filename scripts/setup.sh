@@ -5,7 +5,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 pkgs=(qemu-system-x86 qemu-utils redis-server redis-tools busybox-static dropbear-bin openssh-sftp-server
       openssh-client cpio dosfstools mtools syslinux syslinux-common fdisk zip unzip e2fsprogs
-      linux-image-amd64 python3 gcc ca-certificates curl)
+      linux-image-amd64 python3 python3-venv gcc ca-certificates curl nftables)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
 if ! dpkg-query -W -f='${Status}' qemu-system-x86 2>/dev/null | grep -q "ok installed"; then missing+=(qemu-system-x86); fi
@@ -19,6 +19,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
   extra=()
   if dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null | grep -q '^1:10'; then extra+=(--allow-downgrades qemu-utils/bookworm qemu-block-extra/bookworm); fi
   apt-get install -y -q --no-install-recommends "${missing[@]}" "${extra[@]}" >/dev/null
+fi
+# QEMU runs as this unprivileged user when the service runs as root (guest → host isolation).
+if [ "$(id -u)" = 0 ] && ! id vmnet >/dev/null 2>&1; then
+  useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin vmnet
+  echo "setup.sh: created system user vmnet (QEMU runs as it)"
 fi
 if [ -z "${VM_BASE_DIR:-}" ]; then
   if [ "$(id -u)" = 0 ]; then VM_BASE_DIR=/var/lib/vm-service; else VM_BASE_DIR="$HOME/.local/share/vm-service"; fi

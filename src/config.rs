@@ -78,6 +78,12 @@ pub struct Settings {
     /// TCG translation cache size in MiB (caps QEMU RSS under TCG; 0 = QEMU's default).
     #[arg(long, env = "VM_TCG_TB_SIZE", default_value_t = 128)]
     pub vm_tcg_tb_size: u32,
+    /// Guest → host isolation: auto (when root: QEMU as VM_RUN_AS_UID/`vmnet` plus an nftables rule refusing its new loopback connections) or off.
+    #[arg(long, env = "VM_ISOLATION", default_value = "auto", value_parser = ["auto", "off"])]
+    pub vm_isolation: String,
+    /// Run QEMU with `-sandbox on` (seccomp) when the QEMU build supports it.
+    #[arg(long, env = "VM_QEMU_SANDBOX", default_value_t = true, action = clap::ArgAction::Set)]
+    pub vm_qemu_sandbox: bool,
     /// Upper bound for vcpus per VM (0 = the host's CPU count).
     #[arg(long, env = "VM_MAX_VCPUS", default_value_t = 0)]
     pub vm_max_vcpus: u32,
@@ -143,6 +149,8 @@ pub struct Resolved {
     pub uefi_arm64: Option<PathBuf>,
     pub accel: AccelChoice,
     pub tcg_tb_size: u32,
+    pub isolation: bool,
+    pub qemu_sandbox: bool,
     pub max_vcpus: u32,
     pub max_mem_mib: u32,
     pub max_disk_gib: u32,
@@ -181,7 +189,9 @@ impl Settings {
             (Some(u), Some(g)) => Some((u, g)),
             (Some(u), None) => Some((u, u)),
             (None, Some(_)) => bail!("VM_RUN_AS_GID is set without VM_RUN_AS_UID"),
-            (None, None) => nix::unistd::User::from_name("vmnet").ok().flatten().map(|u| (u.uid.as_raw(), u.gid.as_raw())),
+            // Only root can switch QEMU to another uid.
+            (None, None) if nix::unistd::geteuid().is_root() => nix::unistd::User::from_name("vmnet").ok().flatten().map(|u| (u.uid.as_raw(), u.gid.as_raw())),
+            (None, None) => None,
         };
         let max_vcpus = if self.vm_max_vcpus == 0 {
             std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
@@ -210,6 +220,8 @@ impl Settings {
             uefi_arm64: self.vm_uefi_arm64.as_deref().map(expand_tilde),
             accel: self.vm_accel,
             tcg_tb_size: self.vm_tcg_tb_size,
+            isolation: self.vm_isolation != "off",
+            qemu_sandbox: self.vm_qemu_sandbox,
             max_vcpus,
             max_mem_mib: self.vm_max_mem_mib,
             max_disk_gib: self.vm_max_disk_gib,

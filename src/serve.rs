@@ -29,6 +29,19 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         None => Arc::new(EmbeddedCatalog::open(&cfg.base_dir.join("catalog.redb"))?),
     };
     let mgr = Manager::new(cfg.clone(), catalog, pubkey, key);
+    let iso = crate::qemu::isolation::install(cfg.isolation, cfg.run_as).await;
+    if iso.active {
+        tracing::info!(mechanism = %iso.mechanism, "guest → host isolation active");
+    } else {
+        tracing::warn!(reason = %iso.detail, "guest → host isolation NOT active");
+        eprintln!("vm-service: WARNING: guest → host isolation is not active: {}", iso.detail);
+    }
+    let _ = mgr.isolation.set(iso);
+    let sandbox = cfg.qemu_sandbox && crate::qemu::isolation::sandbox_supported(&cfg.qemu_bin).await;
+    if cfg.qemu_sandbox && !sandbox {
+        tracing::warn!(qemu = %cfg.qemu_bin, "this QEMU does not accept -sandbox on; QEMU runs without seccomp");
+    }
+    let _ = mgr.sandbox.set(sandbox);
     mgr.adopt_all().await.context("resolving VMs found in the catalog")?;
     {
         let m = mgr.clone();

@@ -12,6 +12,9 @@ pub async fn health(State(st): State<AppState>) -> Json<Value> {
         "node": st.mgr.cfg.node_name,
         "catalog": st.mgr.catalog.kind(),
         "accelerator": accel,
+        "isolation": st.mgr.isolation.get(),
+        "qemu_sandbox": st.mgr.sandbox.get(),
+        "qemu_user": st.mgr.cfg.run_as.map(|(uid, gid)| json!({ "uid": uid, "gid": gid })),
         "version": env!("CARGO_PKG_VERSION"),
     }))
 }

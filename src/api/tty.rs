@@ -102,17 +102,21 @@ async fn session(st: AppState, vm_id: String, raw: bool, cols: u32, rows: u32, s
         Err(e) => return close(socket, Some(&format!("could not start a shell: {e}")), 1011, "guest error").await,
     };
     let marker = pty.marker();
-    let (channel, _permit) = (pty.channel, pty.permit);
+    let (channel, _permit, early) = (pty.channel, pty.permit, pty.early);
     let (mut rd, wr) = channel.split();
     let (mut ws_tx, mut ws_rx) = socket.split();
     // Output: pushed as it arrives; `send` awaits the socket, which is the backpressure.
     let out = async move {
         let mut carry = Vec::new();
-        while let Some(msg) = rd.wait().await {
-            let data = match msg {
-                ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } => data,
-                ChannelMsg::Eof | ChannelMsg::Close => break,
-                _ => continue,
+        let mut pending = Some(early).filter(|e| !e.is_empty());
+        loop {
+            let data: Vec<u8> = match pending.take() {
+                Some(e) => e,
+                None => match rd.wait().await {
+                    Some(ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. }) => data.to_vec(),
+                    Some(ChannelMsg::Eof | ChannelMsg::Close) | None => break,
+                    Some(_) => continue,
+                },
             };
             let frame = if raw {
                 Message::Binary(bytes::Bytes::copy_from_slice(&data))

@@ -56,7 +56,7 @@ fn push_capped(buf: &mut Vec<u8>, data: &[u8], cap: usize, truncated: &mut bool)
 /// Runs `command`; retried on a fresh channel only when the guest never acknowledged the
 /// exec request (so the command cannot have started).
 pub async fn run(pool: &Pool, command: &str, timeout: Duration, cap: usize) -> Result<ExecOutput, GuestError> {
-    for _ in 0..3 {
+    for _ in 0..super::pool::OPEN_ATTEMPTS {
         if let Some(out) = run_once(pool, command, timeout, cap).await? {
             if out.exit_code.is_none() && out.signal.is_none() && !out.timed_out {
                 return Err(GuestError::Ssh("the SSH channel closed before the command reported an exit status".into()));

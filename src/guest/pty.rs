@@ -11,17 +11,29 @@ use tokio::sync::OwnedSemaphorePermit;
 pub struct Pty {
     pub channel: Channel<Msg>,
     pub permit: OwnedSemaphorePermit,
+    /// Shell output that arrived before the channel requests were acknowledged.
+    pub early: Vec<u8>,
     marker: String,
 }
 
 /// A login shell (the user's own, as a shell request would start) on a new PTY.
 pub async fn open(pool: &Pool, term: &str, cols: u32, rows: u32) -> Result<Pty, GuestError> {
-    let lease = pool.session().await?;
-    let (channel, permit) = lease.into_parts();
     let marker = marker_path();
-    channel.request_pty(true, term, cols, rows, 0, 0, &[]).await?;
-    channel.exec(true, format!("echo $$ > {marker}; exec \"${{SHELL:-/bin/sh}}\" -l")).await?;
-    Ok(Pty { channel, permit, marker })
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (mut channel, permit) = pool.session().await?.into_parts();
+        let started = async {
+            channel.request_pty(true, term, cols, rows, 0, 0, &[]).await?;
+            channel.exec(true, format!("echo $$ > {marker}; exec \"${{SHELL:-/bin/sh}}\" -l")).await?;
+            super::pool::await_replies(&mut channel, 2).await
+        };
+        match started.await {
+            Ok(early) => return Ok(Pty { channel, permit, marker, early }),
+            Err(e) if attempt >= super::pool::OPEN_ATTEMPTS => return Err(e),
+            Err(e) => tracing::debug!(error = %e, "pty request failed on a fresh channel; retrying"),
+        }
+    }
 }
 
 impl Pty {

@@ -64,13 +64,28 @@ pub async fn session(pool: &Pool) -> Result<Arc<SftpSession>, GuestError> {
         }
     }
     *cached = None;
-    let lease = pool.session().await?;
-    lease.channel.request_subsystem(true, "sftp").await?;
-    // The channel keeps its slot for the session's life; the permit goes with it.
-    let (channel, permit) = lease.into_parts();
-    let ended = Arc::new(AtomicBool::new(false));
-    let stream = Watched { inner: PermitStream { inner: channel.into_stream(), _permit: permit }, ended: ended.clone() };
-    let s = Arc::new(SftpSession::new(stream).await?);
+    let mut attempt = 0;
+    let s = loop {
+        attempt += 1;
+        let mut lease = pool.session().await?;
+        let opened = async {
+            lease.channel.request_subsystem(true, "sftp").await?;
+            super::pool::await_replies(&mut lease.channel, 1).await?;
+            Ok::<_, GuestError>(())
+        };
+        match opened.await {
+            Ok(()) => {
+                // The channel keeps its pool slot for the session's life: the permit goes with it.
+                let (channel, permit) = lease.into_parts();
+                let ended = Arc::new(AtomicBool::new(false));
+                let stream = Watched { inner: PermitStream { inner: channel.into_stream(), _permit: permit }, ended: ended.clone() };
+                break (Arc::new(SftpSession::new(stream).await?), ended);
+            }
+            Err(e) if attempt >= super::pool::OPEN_ATTEMPTS => return Err(e),
+            Err(e) => tracing::debug!(error = %e, "sftp subsystem request failed on a fresh channel; retrying"),
+        }
+    };
+    let (s, ended) = s;
     s.set_timeout(60);
     *cached = Some((s.clone(), ended));
     Ok(s)

@@ -110,7 +110,7 @@ impl Manager {
             tcg_tb_size: self.cfg.tcg_tb_size,
             uefi: if Arch::host() == Arch::Aarch64 { args::find_uefi_arm64(self.cfg.uefi_arm64.as_deref()).ok() } else { None },
             no_egress: rec.no_egress,
-            sandbox: false,
+            sandbox: self.sandbox.get().copied().unwrap_or(false),
         };
         let argv = match args::build(&spec) {
             Ok(a) => a,

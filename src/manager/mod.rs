@@ -73,6 +73,9 @@ pub struct Manager {
     pub catalog: Arc<dyn Catalog>,
     pub ports: PortPool,
     pub accel: OnceCell<ProbeResult>,
+    /// Set once at start-up (serve.rs): guest → host isolation and QEMU seccomp support.
+    pub isolation: std::sync::OnceLock<crate::qemu::isolation::IsolationStatus>,
+    pub sandbox: std::sync::OnceLock<bool>,
     pub pubkey: String,
     pub key: Arc<PrivateKey>,
     pub(crate) slots: Mutex<HashMap<String, Arc<Slot>>>,
@@ -98,6 +101,8 @@ impl Manager {
             catalog,
             ports: PortPool::default(),
             accel: OnceCell::new(),
+            isolation: std::sync::OnceLock::new(),
+            sandbox: std::sync::OnceLock::new(),
             pubkey,
             key: Arc::new(key),
             slots: Mutex::new(HashMap::new()),

@@ -3,6 +3,9 @@ use super::image::Boot;
 use super::QemuError;
 use std::path::{Path, PathBuf};
 
+/// seccomp filter: no obsolete syscalls, no setuid, no fork/exec, no scheduler/affinity changes.
+pub const SANDBOX_OPTS: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
     Kvm,
@@ -115,7 +118,7 @@ pub fn build(spec: &LaunchSpec) -> Result<Vec<String>, QemuError> {
         p(&spec.pidfile),
     ]);
     if spec.sandbox {
-        a.extend([s("-sandbox"), s("on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny")]);
+        a.extend([s("-sandbox"), s(SANDBOX_OPTS)]);
     }
     if let Boot::Kernel { kernel, initrd, cmdline } = &spec.boot {
         a.extend([s("-kernel"), p(kernel)]);

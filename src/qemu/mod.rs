@@ -2,6 +2,7 @@
 pub mod accel;
 pub mod args;
 pub mod image;
+pub mod isolation;
 pub mod overlay;
 pub mod ports;
 pub mod process;

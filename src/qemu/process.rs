@@ -14,14 +14,8 @@ pub fn spawn(argv: &[String], log: &Path, run_as: Option<(u32, u32)>) -> Result<
     cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(out).stderr(err).process_group(0).kill_on_drop(false);
     if let Some((uid, gid)) = run_as {
         if nix::unistd::Uid::effective().is_root() {
+            // std clears the supplementary groups (setgroups(0)) before setuid when root.
             cmd.uid(uid).gid(gid);
-            // SAFETY: setgroups is async-signal-safe; runs in the child before exec.
-            unsafe {
-                cmd.pre_exec(move || {
-                    nix::unistd::setgroups(&[nix::unistd::Gid::from_raw(gid)]).map_err(std::io::Error::from)?;
-                    Ok(())
-                });
-            }
         }
     }
     cmd.spawn().map_err(|e| {

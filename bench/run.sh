@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# One command for the benchmark figures: builds the release binary, starts a private
+# redis-server and vm-service (Redis catalog, so the harness can seed 1,000 records) on
+# free loopback ports with a throw-away VM_BASE_DIR, runs bench/bench.py against it and
+# stops everything it started. Extra arguments go to bench.py, e.g. a baseline:
+#   bash bench/run.sh --url-b http://127.0.0.1:9000 --token-b T --redis-prefix-b vmsvc_b
+# Results: printed as a markdown table and written to bench/results/<UTC time>.json.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/vm-service-target}"
+image="${VM_BENCH_IMAGE_DIR:-${VM_BASE_DIR:-/var/lib/vm-service}/images/tiny}"
+[ -f "$image/manifest.json" ] || { echo "no guest image at $image (run scripts/setup.sh or set VM_BENCH_IMAGE_DIR)" >&2; exit 1; }
+(cd "$here" && cargo build --release --locked)
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+work="$(mktemp -d /tmp/vmbench.XXXXXX)"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 1
+  # QEMUs started under the throw-away base dir, by PID.
+  for p in $(pgrep -f "qemu-system.*$work" || true); do kill -9 "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+rport="$(free_port)"
+redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
+pids+=($!)
+sport="$(free_port)"
+token="bench-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+mkdir -p "$work/base/images"
+ln -s "$image" "$work/base/images/tiny"
+VM_BASE_DIR="$work/base" AUTH_TOKEN="$token" REDIS_URL="redis://127.0.0.1:$rport" REDIS_PREFIX=bench \
+  LISTEN_ADDR="127.0.0.1:$sport" NODE_NAME=bench-node RUST_LOG=warn \
+  "$CARGO_TARGET_DIR/release/vm-service" serve >"$work/service.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$sport/health" >/dev/null && break; sleep 0.1; done
+
+mkdir -p "$here/bench/results"
+out="$here/bench/results/$(date -u +%Y%m%dT%H%M%SZ).json"
+python3 "$here/bench/bench.py" --url "http://127.0.0.1:$sport" --token "$token" \
+  --redis-url "redis://127.0.0.1:$rport" --redis-prefix bench --node bench-node --json "$out" "$@"
+echo "figures written to $out"
