@@ -93,6 +93,15 @@ pub struct Settings {
     /// Upper bound for disk_gib per VM.
     #[arg(long, env = "VM_MAX_DISK_GIB", default_value_t = 200)]
     pub vm_max_disk_gib: u32,
+    /// Memory kept for the host: VMs may hold at most MemTotal minus this, and a create needs MemAvailable of its mem_mib plus this.
+    #[arg(long, env = "VM_MEM_RESERVE_MIB", default_value_t = 1024)]
+    pub vm_mem_reserve_mib: u64,
+    /// vcpus the node's VMs may hold per host CPU.
+    #[arg(long, env = "VM_CPU_OVERCOMMIT", default_value_t = 4)]
+    pub vm_cpu_overcommit: u64,
+    /// Free space VM_BASE_DIR must have for a create (overlays are thin and grow later).
+    #[arg(long, env = "VM_MIN_FREE_DISK_MIB", default_value_t = 512)]
+    pub vm_min_free_disk_mib: u64,
     /// Default execute-sh timeout in seconds (a request may ask up to EXEC_MAX_TIMEOUT_S).
     #[arg(long, env = "EXEC_TIMEOUT_S", default_value_t = 60)]
     pub exec_timeout_s: u64,
@@ -149,6 +158,9 @@ pub struct Resolved {
     pub uefi_arm64: Option<PathBuf>,
     pub accel: AccelChoice,
     pub tcg_tb_size: u32,
+    pub mem_reserve_mib: u64,
+    pub cpu_overcommit: u64,
+    pub min_free_disk_mib: u64,
     pub isolation: bool,
     pub qemu_sandbox: bool,
     pub max_vcpus: u32,
@@ -225,6 +237,9 @@ impl Settings {
             max_vcpus,
             max_mem_mib: self.vm_max_mem_mib,
             max_disk_gib: self.vm_max_disk_gib,
+            mem_reserve_mib: self.vm_mem_reserve_mib,
+            cpu_overcommit: self.vm_cpu_overcommit,
+            min_free_disk_mib: self.vm_min_free_disk_mib,
             exec_timeout_s: self.exec_timeout_s.max(1),
             exec_max_timeout_s: self.exec_max_timeout_s.max(1),
         })

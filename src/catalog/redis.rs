@@ -11,13 +11,19 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub struct RedisCatalog {
     conn: ConnectionManager,
     prefix: String,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// When Redis last failed to answer: for a short while after, calls fail at once
+    /// instead of each waiting out the response timeout.
+    failed_at: Mutex<Option<Instant>>,
 }
+
+/// How long calls fail fast after Redis stopped answering.
+const FAIL_FAST: Duration = Duration::from_secs(1);
 
 fn unavailable(e: redis::RedisError) -> CatalogError {
     CatalogError::Unavailable(format!("redis: {e}"))
@@ -28,11 +34,28 @@ impl RedisCatalog {
         let client = redis::Client::open(url).map_err(unavailable)?;
         let cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(3)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
         let conn = ConnectionManager::new_with_config(client, cfg).await.map_err(unavailable)?;
-        Ok(RedisCatalog { conn, prefix: prefix.to_string(), locks: Mutex::new(HashMap::new()) })
+        Ok(RedisCatalog { conn, prefix: prefix.to_string(), locks: Mutex::new(HashMap::new()), failed_at: Mutex::new(None) })
+    }
+
+    /// A connection handle, unless Redis failed within the last FAIL_FAST.
+    fn conn(&self) -> Result<ConnectionManager> {
+        if let Some(t) = *self.failed_at.lock().unwrap_or_else(|p| p.into_inner()) {
+            if t.elapsed() < FAIL_FAST {
+                return Err(CatalogError::Unavailable(format!("redis is not answering (last failure {} ms ago)", t.elapsed().as_millis())));
+            }
+        }
+        Ok(self.conn.clone())
+    }
+
+    fn fail(&self, e: redis::RedisError) -> CatalogError {
+        if e.is_timeout() || e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+            *self.failed_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        }
+        unavailable(e)
     }
 
     pub fn record_key(&self, id: &str) -> String {
@@ -49,21 +72,21 @@ impl RedisCatalog {
     }
 
     async fn write(&self, rec: &VmRecord) -> Result<()> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn()?;
         redis::pipe()
             .set(self.record_key(&rec.id), encode(rec))
             .sadd(self.index_key(), &rec.id)
             .query_async::<()>(&mut c)
             .await
-            .map_err(unavailable)
+            .map_err(|e| self.fail(e))
     }
 }
 
 impl Catalog for RedisCatalog {
     fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<VmRecord>>> {
         async move {
-            let mut c = self.conn.clone();
-            let raw: Option<Vec<u8>> = c.get(self.record_key(id)).await.map_err(unavailable)?;
+            let mut c = self.conn()?;
+            let raw: Option<Vec<u8>> = c.get(self.record_key(id)).await.map_err(|e| self.fail(e))?;
             raw.map(|r| decode(id, &r)).transpose()
         }
         .boxed()
@@ -74,9 +97,9 @@ impl Catalog for RedisCatalog {
             if ids.is_empty() {
                 return Ok(Vec::new());
             }
-            let mut c = self.conn.clone();
+            let mut c = self.conn()?;
             let keys: Vec<String> = ids.iter().map(|id| self.record_key(id)).collect();
-            let raws: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(&keys).query_async(&mut c).await.map_err(unavailable)?;
+            let raws: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(&keys).query_async(&mut c).await.map_err(|e| self.fail(e))?;
             let mut out = Vec::with_capacity(ids.len());
             for (id, raw) in ids.iter().zip(raws) {
                 if let Some(raw) = raw {
@@ -93,8 +116,8 @@ impl Catalog for RedisCatalog {
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<VmRecord>>> {
         async move {
-            let mut c = self.conn.clone();
-            let mut ids: Vec<String> = c.smembers(self.index_key()).await.map_err(unavailable)?;
+            let mut c = self.conn()?;
+            let mut ids: Vec<String> = c.smembers(self.index_key()).await.map_err(|e| self.fail(e))?;
             ids.sort();
             self.get_many(&ids).await
         }
@@ -128,13 +151,13 @@ impl Catalog for RedisCatalog {
         async move {
             let lock = self.lock_for(id);
             let _g = lock.lock().await;
-            let mut c = self.conn.clone();
+            let mut c = self.conn()?;
             redis::pipe()
                 .del(self.record_key(id))
                 .srem(self.index_key(), id)
                 .query_async::<()>(&mut c)
                 .await
-                .map_err(unavailable)?;
+                .map_err(|e| self.fail(e))?;
             drop(_g);
             self.locks.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
             Ok(())

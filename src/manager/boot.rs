@@ -31,6 +31,25 @@ async fn banner_ready(port: u16) -> bool {
     matches!(tokio::time::timeout(Duration::from_millis(1500), attempt).await, Ok(Some(true)))
 }
 
+/// Waits until the guest behind `target` answers over SSH (banner, then a full pooled
+/// connection with the identity check), polling every 100 ms, for at most `limit`.
+pub(crate) async fn reconnect(target: Target, limit: Duration) -> std::result::Result<Pool, crate::guest::GuestError> {
+    let deadline = Instant::now() + limit;
+    let mut last = crate::guest::GuestError::Connect("no SSH banner yet".into());
+    while Instant::now() < deadline {
+        if banner_ready(target.port).await {
+            let left = deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(20));
+            match Pool::connect(target.clone(), left.max(Duration::from_secs(1))).await {
+                Ok(pool) => return Ok(pool),
+                Err(e @ crate::guest::GuestError::Identity { .. }) => return Err(e),
+                Err(e) => last = e,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(last)
+}
+
 fn marker_seen(console: &Path, marker: &str) -> bool {
     std::fs::read(console).map(|d| String::from_utf8_lossy(&d).contains(marker)).unwrap_or(false)
 }

@@ -1,6 +1,6 @@
 //! Lifecycle operations: create, start, stop, reboot, delete; adoption at start-up.
 use super::{Manager, ManagerError, Result, Slot};
-use crate::guest::pool::{Pool, Target};
+use crate::guest::pool::Target;
 use crate::model::{now, VmRecord, VmState};
 use crate::qemu::image::BaseImage;
 use crate::qemu::process;
@@ -81,6 +81,7 @@ impl Manager {
     pub async fn create(self: &Arc<Self>, spec: CreateSpec) -> Result<VmRecord> {
         let t0 = Instant::now();
         self.check_capacity(&spec)?;
+        self.admit(&spec).await?;
         let base = spec.base_image.clone().filter(|s| !s.trim().is_empty());
         let image_spec = base.clone().unwrap_or_else(|| self.cfg.base_image.clone());
         BaseImage::resolve(&image_spec, &self.cfg.images_dir()).map_err(|e| invalid("base_image", e.to_string()))?;
@@ -279,30 +280,64 @@ impl Manager {
             key: self.key.clone(),
             host_key: Arc::new(std::sync::Mutex::new(rec.host_key.clone())),
         };
-        match Pool::connect(target, Duration::from_secs(20)).await {
-            Ok(pool) => {
-                let host_key = pool.host_key();
-                *slot.pool.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(pool));
-                self.catalog
-                    .update(&id, Box::new(move |r| {
-                        r.state = VmState::Running;
-                        r.ssh_port = Some(port);
-                        r.error_reason = None;
-                        r.host_key = host_key;
-                        if r.booted_at.is_none() {
-                            r.booted_at = Some(now());
+        // A VM that was mid-boot gets the rest of its boot time; a running one 20 s. The
+        // wait runs in the background under the VM's op lock (stop/delete cancel it), so
+        // start-up is not held by slow guests.
+        let secs = if rec.state == VmState::Provisioning {
+            let spent = (now() - rec.created_at).max(0.0) as u64;
+            self.cfg.timeout_boot_s.saturating_sub(spent).max(30)
+        } else {
+            20
+        };
+        let guard = self.try_op(&slot, "adopt")?;
+        let cancel = CancellationToken::new();
+        *slot.cancel.lock().unwrap_or_else(|p| p.into_inner()) = Some(cancel.clone());
+        let me = self.clone();
+        let span = tracing::info_span!("vm.adopt", vm_id = %id);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let _guard = guard;
+                let outcome = tokio::select! {
+                    r = super::boot::reconnect(target, Duration::from_secs(secs)) => Some(r),
+                    _ = cancel.cancelled() => None,
+                };
+                *slot.cancel.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                match outcome {
+                    None => {} // a stop/delete took over
+                    Some(Ok(pool)) => {
+                        let host_key = pool.host_key();
+                        *slot.pool.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(pool));
+                        let stored = me
+                            .catalog
+                            .update(&id, Box::new(move |r| {
+                                r.state = VmState::Running;
+                                r.ssh_port = Some(port);
+                                r.error_reason = None;
+                                r.host_key = host_key;
+                                if r.booted_at.is_none() {
+                                    r.booted_at = Some(now());
+                                }
+                            }))
+                            .await;
+                        match stored {
+                            Ok(_) => {
+                                tracing::info!(pid, port, "adopted running VM");
+                                me.emit_state(&id, VmState::Running, Some("adopted after service restart".into()));
+                            }
+                            Err(e) => tracing::error!(error = %e, "could not record the adopted VM"),
                         }
-                    }))
-                    .await?;
-                tracing::info!(vm_id = %id, pid, port, "adopted running VM");
-                self.emit_state(&id, VmState::Running, Some("adopted after service restart".into()));
-            }
-            Err(e) => {
-                self.kill_running(&id, Duration::ZERO).await;
-                let reason = format!("service restarted; the guest was not reachable and was stopped: {e}");
-                self.set_state(&id, VmState::Error, Some(reason)).await?;
-            }
-        }
+                    }
+                    Some(Err(e)) => {
+                        me.kill_running(&id, Duration::ZERO).await;
+                        let reason = format!("service restarted; the guest was not reachable within {secs} s and was stopped: {e}");
+                        if let Err(e) = me.set_state(&id, VmState::Error, Some(reason)).await {
+                            tracing::error!(error = %e, "could not record the adoption failure");
+                        }
+                    }
+                }
+            },
+            span,
+        ));
         Ok(())
     }
 }

@@ -3,6 +3,7 @@
 //! delete cancel an in-flight boot and then wait for the lock, start and reboot answer 409
 //! while another operation runs.
 pub mod boot;
+pub mod capacity;
 mod events;
 pub mod lifecycle;
 mod watch;
@@ -143,6 +144,13 @@ impl Manager {
             return Err(ManagerError::NotRunning);
         }
         let slot = self.slot(id);
+        if let Some(p) = slot.pool.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Ok(p);
+        }
+        // Just after a restart the VM may still be being re-adopted: wait for that once.
+        if *slot.op_name.lock().unwrap_or_else(|p| p.into_inner()) == "adopt" {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(30), slot.op.clone().lock_owned()).await;
+        }
         let pool = slot.pool.lock().unwrap_or_else(|p| p.into_inner()).clone();
         pool.ok_or(ManagerError::NotRunning)
     }
