@@ -109,6 +109,9 @@ pub async fn prometheus(State(st): State<AppState>) -> Result<Response, ApiError
         chans.get_or_create(&l).set(ch);
     }
     reg.register("ssh_pool_connections", "Open SSH connections per VM", conns);
+    let ports = Gauge::<i64>::default();
+    ports.set(mgr.ports.reserved().len() as i64);
+    reg.register("ports_reserved", "Host ports reserved for SSH forwards", ports);
     reg.register("ssh_pool_channels", "Open SSH channels per VM", chans);
     let mut text = String::new();
     prometheus_client::encoding::text::encode_registry(&mut text, &mgr.stats.registry)
