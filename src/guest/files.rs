@@ -295,13 +295,18 @@ pub async fn archive_format(pool: &Pool, root: &str, prefer_zip: bool) -> Result
     }
 }
 
-/// Streams an archive of `root` made in the guest; stdout goes straight to the body.
-pub async fn download_folder(pool: &Pool, root: &str, fmt: ArchiveFormat) -> Result<mpsc::Receiver<Result<Bytes, std::io::Error>>, GuestError> {
+/// The guest command that writes an archive of `root` to stdout.
+pub fn archive_command(root: &str, fmt: ArchiveFormat) -> String {
     let q = shell_quote(root);
-    let cmd = match fmt {
+    match fmt {
         ArchiveFormat::Zip => format!("cd -- {q} && exec zip -q -r -y - ."),
         ArchiveFormat::TarGz => format!("exec tar -C {q} -czf - ."),
-    };
+    }
+}
+
+/// Streams an archive of `root` made in the guest; stdout goes straight to the body.
+pub async fn download_folder(pool: &Pool, root: &str, fmt: ArchiveFormat) -> Result<mpsc::Receiver<Result<Bytes, std::io::Error>>, GuestError> {
+    let cmd = archive_command(root, fmt);
     let mut lease = pool.session().await?;
     lease.channel.exec(true, cmd).await?;
     lease.channel.eof().await?;
