@@ -32,4 +32,10 @@ export VM_BASE_DIR
 if [ ! -f "$VM_BASE_DIR/images/tiny/manifest.json" ]; then
   bash "$here/guest/build.sh" --out "$VM_BASE_DIR/images/tiny"
 fi
+# Schemathesis (PyPI) for the OpenAPI fuzz test, in its own venv.
+venv=/var/tmp/vmsvc-venv
+if [ ! -x "$venv/bin/schemathesis" ]; then
+  python3 -m venv "$venv" && "$venv/bin/pip" install -q 'schemathesis==4.32.5' \
+    || echo "setup.sh: could not install schemathesis into $venv (tests/schema.rs will say so)" >&2
+fi
 command -v cargo >/dev/null || { echo "setup.sh: cargo not found; install a Rust toolchain (rustup, Rust >= 1.85)" >&2; exit 1; }

@@ -7,7 +7,8 @@ use super::AppState;
 use crate::guest::files::{self, ArchiveFormat, DirEntry, FailedFile, ReadOutcome, UploadFile};
 use crate::manager::ManagerError;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
+use super::json::ApiQuery;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -103,7 +104,7 @@ pub struct UploadFileResponse {
 /// guest in bounded chunks (no base64, memory does not grow with the file).
 #[utoipa::path(put, path = "/vms/{vm_id}/upload-file", params(UploadFileQuery), request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 201, body = UploadFileResponse), (status = 400), (status = 404), (status = 409), (status = 422)))]
-pub async fn upload_file(State(st): State<AppState>, Path(vm_id): Path<String>, Query(q): Query<UploadFileQuery>, body: Body) -> Result<(StatusCode, Json<UploadFileResponse>), ApiError> {
+pub async fn upload_file(State(st): State<AppState>, Path(vm_id): Path<String>, ApiQuery(q): ApiQuery<UploadFileQuery>, body: Body) -> Result<(StatusCode, Json<UploadFileResponse>), ApiError> {
     let path = q.path.filter(|p| !p.is_empty()).ok_or_else(|| ApiError::Validation { loc: vec!["query".into(), "path".into()], msg: "Field required".into(), kind: "missing" })?;
     if !path.starts_with('/') {
         return Err(validation(&["query", "path"], "path must be absolute"));
@@ -224,7 +225,7 @@ fn stream_body(rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, std::io::Err
 }
 
 #[utoipa::path(get, path = "/vms/{vm_id}/download-file", params(DownloadFileQuery), responses((status = 200, description = "file bytes"), (status = 400), (status = 404), (status = 409), (status = 422)))]
-pub async fn download_file(State(st): State<AppState>, Path(vm_id): Path<String>, Query(q): Query<DownloadFileQuery>) -> Result<Response, ApiError> {
+pub async fn download_file(State(st): State<AppState>, Path(vm_id): Path<String>, ApiQuery(q): ApiQuery<DownloadFileQuery>) -> Result<Response, ApiError> {
     let path = q.path.ok_or_else(|| ApiError::Validation { loc: vec!["query".into(), "path".into()], msg: "Field required".into(), kind: "missing" })?;
     let pool = st.mgr.pool(&vm_id).await?;
     // Errors are honest 4xx/5xx with a JSON detail (the platform passes 4xx bodies through),
@@ -247,7 +248,7 @@ pub struct DownloadFolderQuery {
 }
 
 #[utoipa::path(get, path = "/vms/{vm_id}/download-folder", params(DownloadFolderQuery), responses((status = 200, description = "zip or tar.gz stream"), (status = 400), (status = 404), (status = 409), (status = 422)))]
-pub async fn download_folder(State(st): State<AppState>, Path(vm_id): Path<String>, Query(q): Query<DownloadFolderQuery>) -> Result<Response, ApiError> {
+pub async fn download_folder(State(st): State<AppState>, Path(vm_id): Path<String>, ApiQuery(q): ApiQuery<DownloadFolderQuery>) -> Result<Response, ApiError> {
     let prefer_zip = match q.prefer_fmt.as_deref().unwrap_or("zip") {
         "zip" => true,
         "tar.gz" => false,

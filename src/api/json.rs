@@ -1,4 +1,4 @@
-//! JSON bodies with FastAPI-compatible 422s that name the field.
+//! JSON bodies and query strings with FastAPI-compatible 422s that name the field.
 use super::error::ApiError;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
@@ -49,6 +49,35 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// Query parameters; a bad value is a 422 naming `["query", field]` (axum's own
+/// rejection would be a plain-text 400).
+pub struct ApiQuery<T>(pub T);
+
+pub fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
+    serde_urlencoded::from_str(query).map_err(|e| {
+        let inner = e.to_string();
+        let mut loc = vec!["query".to_string()];
+        // serde_urlencoded names the field in its message ("lines: invalid digit …").
+        let msg = match inner.split_once(": ") {
+            Some((f, m)) if !f.contains(' ') => {
+                loc.push(f.to_string());
+                m.to_string()
+            }
+            _ => inner.clone(),
+        };
+        ApiError::Validation { loc, msg, kind: "value_error" }
+    })
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = axum::response::Response;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        use axum::response::IntoResponse;
+        parse_query(parts.uri.query().unwrap_or("")).map(ApiQuery).map_err(IntoResponse::into_response)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,5 +106,20 @@ mod tests {
             Err(ApiError::Validation { loc, .. }) => assert_eq!(loc, vec!["body", "files", "0", "mode"]),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[derive(serde::Deserialize, Debug)]
+    #[allow(dead_code)]
+    struct Q {
+        lines: Option<usize>,
+    }
+
+    #[test]
+    fn bad_query_value_is_named() {
+        match parse_query::<Q>("lines=-1") {
+            Err(ApiError::Validation { loc, .. }) => assert_eq!(loc, vec!["query", "lines"]),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(parse_query::<Q>("lines=5").unwrap().lines, Some(5));
     }
 }

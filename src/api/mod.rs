@@ -8,6 +8,7 @@ pub mod files;
 pub mod health;
 pub mod json;
 pub mod metrics;
+pub mod openapi;
 pub mod search;
 pub mod tty;
 pub mod vms;
@@ -20,10 +21,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use error::ApiError;
+use openapi::{ErrorResponses, SecurityAddon};
 use std::sync::Arc;
 use std::time::Instant;
 use subtle::ConstantTimeEq;
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::OpenApi;
 
 #[derive(Clone)]
@@ -35,15 +36,6 @@ pub struct AppState {
 /// Bodies beyond this are refused with 413 (upload-files has its own, larger limit).
 pub const BODY_LIMIT: usize = 2 * 1024 * 1024;
 pub const UPLOAD_BODY_LIMIT: usize = 256 * 1024 * 1024;
-
-struct SecurityAddon;
-impl utoipa::Modify for SecurityAddon {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        if let Some(c) = openapi.components.as_mut() {
-            c.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
-        }
-    }
-}
 
 #[derive(OpenApi)]
 #[openapi(
@@ -57,7 +49,7 @@ impl utoipa::Modify for SecurityAddon {
         metrics::vm_metrics, metrics::prometheus,
         events::vm_events, events::all_events, tty::tty,
     ),
-    modifiers(&SecurityAddon),
+    modifiers(&SecurityAddon, &ErrorResponses),
     security(("bearer" = []))
 )]
 pub struct ApiDoc;

@@ -8,7 +8,8 @@ use super::AppState;
 use crate::guest::pty;
 use crate::manager::ManagerError;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
+use super::json::ApiQuery;
 use axum::response::Response;
 use futures::{SinkExt, StreamExt};
 use russh::ChannelMsg;
@@ -25,7 +26,7 @@ pub struct TtyQuery {
 }
 
 #[utoipa::path(get, path = "/vms/{vm_id}/tty", params(TtyQuery), responses((status = 101, description = "WebSocket upgrade"), (status = 401), (status = 403)))]
-pub async fn tty(State(st): State<AppState>, Path(vm_id): Path<String>, Query(q): Query<TtyQuery>, ws: WebSocketUpgrade) -> Response {
+pub async fn tty(State(st): State<AppState>, Path(vm_id): Path<String>, ApiQuery(q): ApiQuery<TtyQuery>, ws: WebSocketUpgrade) -> Response {
     let raw = q.mode.as_deref() == Some("raw");
     let (cols, rows) = (q.cols.unwrap_or(120).clamp(10, 1000), q.rows.unwrap_or(32).clamp(5, 1000));
     ws.on_upgrade(move |socket| session(st, vm_id, raw, cols, rows, socket))
