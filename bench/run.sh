@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# One command for the benchmark figures: builds the release binary, starts a private
-# redis-server and vm-service (Redis catalog, so the harness can seed 1,000 records) on
-# free loopback ports with a throw-away VM_BASE_DIR, runs bench/bench.py against it and
-# stops everything it started. Extra arguments go to bench.py, e.g. a baseline:
-#   bash bench/run.sh --url-b http://127.0.0.1:9000 --token-b T --redis-prefix-b vmsvc_b
+# One command for the benchmark figures: builds the release binary, writes 980 stopped VM
+# records into a fresh catalog (`vm-service import`; the run adds 20 running VMs = 1,000),
+# starts vm-service on a free loopback port with a throw-away VM_BASE_DIR, runs
+# bench/bench.py against it and stops everything it started.
+#   CATALOG=embedded (default) or CATALOG=redis (a private redis-server on a free port).
+# Extra arguments go to bench.py, e.g. a baseline implementation of the same API whose
+# records bench.py seeds through its Redis:
+#   bash bench/run.sh --url-b http://127.0.0.1:9000 --token-b T --redis-url redis://… --redis-prefix-b vmsvc_b
 # Results: printed as a markdown table and written to bench/results/<UTC time>.json.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -14,6 +17,7 @@ image="${VM_BENCH_IMAGE_DIR:-${VM_BASE_DIR:-/var/lib/vm-service}/images/tiny}"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 work="$(mktemp -d /tmp/vmbench.XXXXXX)"
+chmod 755 "$work"   # QEMU runs as the unprivileged vmnet user and must reach its VM dirs
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -24,21 +28,34 @@ cleanup() {
 }
 trap cleanup EXIT
 
-rport="$(free_port)"
-redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
-pids+=($!)
 sport="$(free_port)"
 token="bench-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 mkdir -p "$work/base/images"
 ln -s "$image" "$work/base/images/tiny"
-VM_BASE_DIR="$work/base" AUTH_TOKEN="$token" REDIS_URL="redis://127.0.0.1:$rport" REDIS_PREFIX=bench \
-  LISTEN_ADDR="127.0.0.1:$sport" NODE_NAME=bench-node RUST_LOG=warn \
-  "$CARGO_TARGET_DIR/release/vm-service" serve >"$work/service.log" 2>&1 &
+export VM_BASE_DIR="$work/base" AUTH_TOKEN="$token" NODE_NAME=bench-node RUST_LOG=warn
+if [ "${CATALOG:-embedded}" = redis ]; then
+  rport="$(free_port)"
+  redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 50); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  export REDIS_URL="redis://127.0.0.1:$rport" REDIS_PREFIX=bench
+fi
+python3 - "$work/records.jsonl" <<'PY'
+import json, sys, time, uuid
+now = time.time()
+with open(sys.argv[1], "w") as f:
+    for _ in range(980):
+        i = str(uuid.uuid4())
+        f.write(json.dumps({"id": i, "state": "stopped", "workdir": f"/nonexistent/{i}", "vcpus": 1, "mem_mib": 256,
+                            "disk_gib": 5, "ssh_port": None, "ssh_user": None, "key_ref": None, "error_reason": None,
+                            "created_at": now, "updated_at": now, "node": "bench-node"}) + "\n")
+PY
+"$CARGO_TARGET_DIR/release/vm-service" import "$work/records.jsonl"
+LISTEN_ADDR="127.0.0.1:$sport" "$CARGO_TARGET_DIR/release/vm-service" serve >"$work/service.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$sport/health" >/dev/null && break; sleep 0.1; done
 
 mkdir -p "$here/bench/results"
 out="$here/bench/results/$(date -u +%Y%m%dT%H%M%SZ).json"
-python3 "$here/bench/bench.py" --url "http://127.0.0.1:$sport" --token "$token" \
-  --redis-url "redis://127.0.0.1:$rport" --redis-prefix bench --node bench-node --json "$out" "$@"
+python3 "$here/bench/bench.py" --url "http://127.0.0.1:$sport" --token "$token" --node bench-node --json "$out" "$@"
 echo "figures written to $out"

@@ -96,8 +96,8 @@ pub struct Settings {
     /// Memory kept for the host: VMs may hold at most MemTotal minus this, and a create needs MemAvailable of its mem_mib plus this.
     #[arg(long, env = "VM_MEM_RESERVE_MIB", default_value_t = 1024)]
     pub vm_mem_reserve_mib: u64,
-    /// vcpus the node's VMs may hold per host CPU.
-    #[arg(long, env = "VM_CPU_OVERCOMMIT", default_value_t = 4)]
+    /// vcpus the node's VMs may hold per host CPU (sandboxes idle most of the time).
+    #[arg(long, env = "VM_CPU_OVERCOMMIT", default_value_t = 16)]
     pub vm_cpu_overcommit: u64,
     /// Free space VM_BASE_DIR must have for a create (overlays are thin and grow later).
     #[arg(long, env = "VM_MIN_FREE_DISK_MIB", default_value_t = 512)]

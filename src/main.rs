@@ -12,6 +12,14 @@ struct Cli {
 enum Cmd {
     /// Run the API (settings come from flags, the environment or a .env file).
     Serve(Box<Settings>),
+    /// Write VM records (JSON array or JSON lines, the original's layout) into the
+    /// configured catalog; run while the service is stopped.
+    Import {
+        #[command(flatten)]
+        settings: Box<Settings>,
+        /// The records file.
+        file: std::path::PathBuf,
+    },
     /// Print the OpenAPI document.
     Openapi,
 }
@@ -36,6 +44,19 @@ async fn main() -> std::process::ExitCode {
             use utoipa::OpenApi;
             println!("{}", vm_service::api::ApiDoc::openapi().to_pretty_json().unwrap_or_default());
             std::process::ExitCode::SUCCESS
+        }
+        Cmd::Import { settings, file } => {
+            init_logs(settings.log_format);
+            match vm_service::serve::import(*settings, &file).await {
+                Ok(n) => {
+                    println!("vm-service: imported {n} records");
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("vm-service: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
         }
         Cmd::Serve(s) => {
             init_logs(s.log_format);

@@ -18,16 +18,71 @@ fn require_tool(bin: &str, package: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The configured catalog: Redis when REDIS_URL is set, else the embedded file.
+pub async fn open_catalog(cfg: &crate::config::Resolved) -> anyhow::Result<Arc<dyn Catalog>> {
+    Ok(match &cfg.redis_url {
+        Some(url) => Arc::new(RedisCatalog::connect(url, &cfg.redis_prefix).await.context("connecting to REDIS_URL")?),
+        None => Arc::new(EmbeddedCatalog::open(&cfg.base_dir.join("catalog.redb"))?),
+    })
+}
+
+/// `vm-service import FILE`: writes VM records (a JSON array, or one JSON object per line,
+/// in the original's record layout) into the configured catalog — e.g. to move a node from
+/// the original's Redis to the embedded catalog. Run it while the service is stopped.
+pub async fn import(settings: Settings, file: &std::path::Path) -> anyhow::Result<usize> {
+    let cfg = settings.resolve()?;
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let values: Vec<serde_json::Value> = if text.trim_start().starts_with('[') {
+        serde_json::from_str(&text).context("parsing the JSON array")?
+    } else {
+        text.lines().filter(|l| !l.trim().is_empty()).enumerate().map(|(i, l)| serde_json::from_str(l).with_context(|| format!("line {}", i + 1))).collect::<anyhow::Result<_>>()?
+    };
+    let catalog = open_catalog(&cfg).await?;
+    let mut n = 0;
+    for (i, v) in values.into_iter().enumerate() {
+        let rec: crate::model::VmRecord = serde_json::from_value(v).with_context(|| format!("record {}", i + 1))?;
+        if !crate::model::valid_vm_id(&rec.id) {
+            bail!("record {}: id {:?} is not a UUID", i + 1, rec.id);
+        }
+        catalog.put(rec).await.with_context(|| format!("writing record {}", i + 1))?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// QEMU runs as another uid: every directory above the VM workdirs must let it through.
+fn check_reachable(dir: &std::path::Path, uid: u32, gid: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let mut cur = Some(dir);
+    while let Some(d) = cur {
+        if let Ok(m) = std::fs::metadata(d) {
+            let mode = m.mode();
+            let ok = if m.uid() == uid { mode & 0o100 != 0 } else if m.gid() == gid { mode & 0o010 != 0 } else { mode & 0o001 != 0 };
+            if !ok {
+                bail!(
+                    "QEMU runs as uid {uid} (VM_RUN_AS_UID or user vmnet) but cannot enter {} (mode {:o}); `chmod o+x {}` or choose another VM_BASE_DIR",
+                    d.display(),
+                    mode & 0o7777,
+                    d.display()
+                );
+            }
+        }
+        cur = d.parent();
+    }
+    Ok(())
+}
+
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let cfg = Arc::new(settings.resolve()?);
     require_tool(&cfg.qemu_bin, if cfg.qemu_bin.contains("aarch64") { "qemu-system-arm" } else { "qemu-system-x86" })?;
     require_tool(&cfg.qemu_img, "qemu-utils")?;
+    if let Some((uid, gid)) = cfg.run_as.filter(|_| nix::unistd::geteuid().is_root()) {
+        std::fs::create_dir_all(cfg.base_dir.join("vms")).with_context(|| format!("creating {}/vms", cfg.base_dir.display()))?;
+        check_reachable(&cfg.base_dir.join("vms"), uid, gid)?;
+    }
     let pubkey = crate::config::ensure_ssh_key(&cfg.ssh_privkey)?;
     let key = russh::keys::load_secret_key(&cfg.ssh_privkey, None).with_context(|| format!("reading {}", cfg.ssh_privkey.display()))?;
-    let catalog: Arc<dyn Catalog> = match &cfg.redis_url {
-        Some(url) => Arc::new(RedisCatalog::connect(url, &cfg.redis_prefix).await.context("connecting to REDIS_URL")?),
-        None => Arc::new(EmbeddedCatalog::open(&cfg.base_dir.join("catalog.redb"))?),
-    };
+    let catalog = open_catalog(&cfg).await?;
     let mgr = Manager::new(cfg.clone(), catalog, pubkey, key);
     let iso = crate::qemu::isolation::install(cfg.isolation, cfg.run_as).await;
     if iso.active {

@@ -116,10 +116,31 @@ impl Catalog for RedisCatalog {
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<VmRecord>>> {
         async move {
+            // One round trip: SORT the id set and fetch each record with it (`GET #` is the
+            // id, `GET {prefix}:vm:*` its JSON), instead of SMEMBERS then MGET.
             let mut c = self.conn()?;
-            let mut ids: Vec<String> = c.smembers(self.index_key()).await.map_err(|e| self.fail(e))?;
-            ids.sort();
-            self.get_many(&ids).await
+            let pattern = format!("{}:vm:*", self.prefix);
+            let flat: Vec<Option<Vec<u8>>> = redis::cmd("SORT")
+                .arg(self.index_key())
+                .arg("ALPHA")
+                .arg("GET")
+                .arg("#")
+                .arg("GET")
+                .arg(&pattern)
+                .query_async(&mut c)
+                .await
+                .map_err(|e| self.fail(e))?;
+            let mut out = Vec::with_capacity(flat.len() / 2);
+            for pair in flat.chunks(2) {
+                if let [Some(id), Some(raw)] = pair {
+                    let id = String::from_utf8_lossy(id);
+                    match decode(&id, raw) {
+                        Ok(r) => out.push(r),
+                        Err(e) => tracing::warn!(error = %e, "skipping unreadable catalog record"),
+                    }
+                }
+            }
+            Ok(out)
         }
         .boxed()
     }
