@@ -141,6 +141,15 @@ async fn exec(s: &Service, id: &str) {
     let v = s.exec(id, "printf '\\377\\376'").await;
     assert_eq!(v["stdout_encoding"], "base64");
     assert_eq!(v["stdout"], "//4=");
+    // Each command starts fresh: no cwd, variable or late background output carried over.
+    let v = s.exec(id, "cd /tmp; export LEAK=1; (sleep 1; echo late-output) & echo first").await;
+    assert_eq!(v["stdout"], "first\n", "{v}");
+    let v = s.exec(id, "pwd; echo \"leak=${LEAK:-}\"; sleep 2; echo done").await;
+    assert_eq!(v["stdout"], "/root\nleak=\ndone\n", "{v}");
+    let v = s.exec(id, "exit 7").await;
+    assert_eq!((v["ok"].clone(), v["exit_code"].clone()), (json!(true), json!(7)), "{v}");
+    let v = s.exec(id, "head -c 5000000 /dev/zero | tr '\\0' a").await;
+    assert_eq!((v["truncated"].clone(), v["stdout"].as_str().unwrap().len()), (json!(true), 4 * 1024 * 1024), "cap");
     // 50 concurrent calls all succeed.
     let mut tasks = vec![];
     for i in 0..50 {

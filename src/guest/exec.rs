@@ -30,13 +30,22 @@ pub fn marker_path() -> String {
     format!("/tmp/.vmsvc-exec-{}.pid", uuid::Uuid::new_v4().simple())
 }
 
+/// Kills the process tree recorded in `marker` (a pid file), then removes the file.
 pub async fn kill_marked(pool: &Pool, marker: &str) {
     let q = shell_quote(marker);
+    kill_with(pool, &format!("p=$(cat {q} 2>/dev/null) && [ -n \"$p\" ] && {{ kd \"$p\"; kill -KILL -- -\"$p\" 2>/dev/null; }}; rm -f {q}")).await;
+}
+
+/// Kills `pid` and everything below it.
+pub async fn kill_tree(pool: &Pool, pid: i32) {
+    kill_with(pool, &format!("kd {pid}")).await;
+}
+
+async fn kill_with(pool: &Pool, then: &str) {
     // Stop each process, then its children (depth-first, from /proc/<pid>/task/*/children),
-    // then kill it, so nothing escapes by forking or being reparented; then the group.
+    // then kill it, so nothing escapes by forking or being reparented.
     let cmd = format!(
-        "kd() {{ kill -STOP \"$1\" 2>/dev/null; for c in $(cat /proc/\"$1\"/task/*/children 2>/dev/null); do kd \"$c\"; done; kill -KILL \"$1\" 2>/dev/null; }}; \
-         p=$(cat {q} 2>/dev/null) && [ -n \"$p\" ] && {{ kd \"$p\"; kill -KILL -- -\"$p\" 2>/dev/null; }}; rm -f {q}"
+        "kd() {{ kill -STOP \"$1\" 2>/dev/null; for c in $(cat /proc/\"$1\"/task/*/children 2>/dev/null); do kd \"$c\"; done; kill -KILL \"$1\" 2>/dev/null; }}; {then}"
     );
     if let Ok(mut lease) = pool.session().await {
         if lease.channel.exec(true, cmd).await.is_ok() {
@@ -56,6 +65,17 @@ fn push_capped(buf: &mut Vec<u8>, data: &[u8], cap: usize, truncated: &mut bool)
 /// Runs `command`; retried on a fresh channel only when the guest never acknowledged the
 /// exec request (so the command cannot have started).
 pub async fn run(pool: &Pool, command: &str, timeout: Duration, cap: usize) -> Result<ExecOutput, GuestError> {
+    if !pool.runners().disabled() {
+        match super::runner::run(pool, pool.runners(), command, timeout, cap).await {
+            super::runner::RunOutcome::Ran(out) => return Ok(out),
+            super::runner::RunOutcome::NotStarted(e) => tracing::debug!(error = %e, "runner unavailable; plain SSH exec"),
+        }
+    }
+    run_plain(pool, command, timeout, cap).await
+}
+
+/// One SSH exec channel per command (the login shell runs it).
+pub async fn run_plain(pool: &Pool, command: &str, timeout: Duration, cap: usize) -> Result<ExecOutput, GuestError> {
     for _ in 0..super::pool::OPEN_ATTEMPTS {
         if let Some(out) = run_once(pool, command, timeout, cap).await? {
             if out.exit_code.is_none() && out.signal.is_none() && !out.timed_out {

@@ -4,6 +4,7 @@ pub mod exec;
 pub mod files;
 pub mod pool;
 pub mod pty;
+pub mod runner;
 pub mod search;
 pub mod sftp;
 

@@ -89,6 +89,7 @@ pub struct Pool {
     target: Target,
     conns: tokio::sync::Mutex<Vec<Arc<Conn>>>,
     sftp: super::sftp::SftpCache,
+    runners: super::runner::Runners,
 }
 
 fn config() -> Arc<client::Config> {
@@ -137,7 +138,11 @@ impl Pool {
     /// Connects once (readiness check) and returns a pool holding that connection.
     pub async fn connect(target: Target, timeout: Duration) -> Result<Pool, GuestError> {
         let conn = dial(&target, timeout).await?;
-        Ok(Pool { target, conns: tokio::sync::Mutex::new(vec![Arc::new(conn)]), sftp: Default::default() })
+        Ok(Pool { target, conns: tokio::sync::Mutex::new(vec![Arc::new(conn)]), sftp: Default::default(), runners: super::runner::Runners::new() })
+    }
+
+    pub(crate) fn runners(&self) -> &super::runner::Runners {
+        &self.runners
     }
 
     pub(crate) fn sftp_cache(&self) -> &super::sftp::SftpCache {
