@@ -54,16 +54,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 pub struct ApiQuery<T>(pub T);
 
 pub fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
-    serde_urlencoded::from_str(query).map_err(|e| {
-        let inner = e.to_string();
+    let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+    serde_path_to_error::deserialize(de).map_err(|e| {
         let mut loc = vec!["query".to_string()];
-        // serde_urlencoded names the field in its message ("lines: invalid digit …").
-        let msg = match inner.split_once(": ") {
-            Some((f, m)) if !f.contains(' ') => {
-                loc.push(f.to_string());
-                m.to_string()
+        let path = e.path().to_string();
+        if !path.is_empty() && path != "." {
+            loc.push(path);
+        }
+        let inner = e.inner().to_string();
+        let msg = match inner.strip_prefix("missing field `") {
+            Some(rest) => {
+                loc.push(rest.split('`').next().unwrap_or_default().to_string());
+                "Field required".to_string()
             }
-            _ => inner.clone(),
+            None => inner,
         };
         ApiError::Validation { loc, msg, kind: "value_error" }
     })

@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""The guest's boot floor without vm-service: QEMU started directly (same flags the service
+uses for the tiny image under TCG), timed from spawn to the init's ready marker on the
+serial console and to the first SSH banner on the forwarded port. create→running through
+the service minus this floor is the service's own overhead.
+
+  bench/boot_floor.py [--image /var/lib/vm-service/images/tiny] [-n 5]
+Reports; asserts nothing."""
+import argparse, json, os, re, socket, statistics, subprocess, tempfile, time
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def banner(port):
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=0.3)
+        s.settimeout(0.3)
+        ok = s.recv(4) == b"SSH-"
+        s.close()
+        return ok
+    except OSError:
+        return False
+
+
+def one(image, m):
+    with tempfile.TemporaryDirectory(prefix="vmfloor") as d:
+        disk = os.path.join(d, "disk.qcow2")
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", os.path.join(image, m["disk"]), "-F", "qcow2", disk], check=True)
+        port = free_port()
+        args = ["qemu-system-x86_64", "-accel", "tcg,tb-size=128", "-machine", m["machine"], "-cpu", m["cpu"], "-smp", "1", "-m", "256",
+                "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio",
+                "-kernel", os.path.join(image, m["kernel"]), "-initrd", os.path.join(image, m["initrd"]), "-append", m["cmdline"],
+                "-drive", f"file={disk},if=none,id=d0,format=qcow2", "-device", "virtio-blk-pci,drive=d0",
+                "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22", "-device", "virtio-net-pci,netdev=n0"]
+        t0 = time.perf_counter()
+        p = subprocess.Popen(args, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.set_blocking(p.stdout.fileno(), False)
+        buf, marker, uptime = b"", None, None
+        try:
+            while time.perf_counter() - t0 < 120:
+                chunk = p.stdout.read(65536)
+                if chunk:
+                    buf += chunk
+                    if marker is None and m["ready_marker"].encode() in buf:
+                        marker = time.perf_counter() - t0
+                        mm = re.search(rb"rcS done ([0-9.]+)s", buf)
+                        uptime = float(mm.group(1)) if mm else None
+                if marker is not None and banner(port):
+                    return marker, time.perf_counter() - t0, uptime
+                time.sleep(0.01)
+            raise SystemExit("guest did not come up in 120 s")
+        finally:
+            p.kill()
+            p.wait()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--image", default=os.path.join(os.environ.get("VM_BASE_DIR", "/var/lib/vm-service"), "images/tiny"))
+    ap.add_argument("-n", type=int, default=5)
+    a = ap.parse_args()
+    m = json.load(open(os.path.join(a.image, "manifest.json")))
+    rows = [one(a.image, m) for _ in range(a.n)]
+    med = lambda i: statistics.median(r[i] for r in rows if r[i] is not None)  # noqa: E731
+    print(f"plain QEMU (n={a.n}): spawn→ready marker median {med(0):.2f} s, spawn→SSH banner median {med(1):.2f} s, "
+          f"guest uptime at marker median {med(2):.2f} s")
+
+
+if __name__ == "__main__":
+    main()
