@@ -94,6 +94,27 @@ async fn openapi_lists_every_route(s: &Service) {
     assert!(docs.text().await.unwrap().contains("swagger"));
 }
 
+/// Node admission: a create the node cannot hold is a 507 whose detail gives the numbers,
+/// and nothing is made.
+#[tokio::test]
+async fn admission_control_refuses_what_the_node_cannot_hold() {
+    let s = Service::start(Opts { extra: vec![("VM_MEM_RESERVE_MIB".into(), "100000000".into())], ..Default::default() }).await;
+    let (st, v) = s.post("/vms", json!({"vcpus": 1, "mem_mib": 256, "disk_gib": 5})).await;
+    assert_eq!(st, 507, "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("not enough memory"), "{v}");
+    let s2 = Service::start(Opts { extra: vec![("VM_CPU_OVERCOMMIT".into(), "1".into()), ("VM_MAX_VCPUS".into(), "64".into())], ..Default::default() }).await;
+    let (st, v) = s2.post("/vms", json!({"vcpus": 64, "mem_mib": 256, "disk_gib": 5})).await;
+    assert_eq!(st, 507, "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("vcpus"), "{v}");
+    let (st, v) = s2.post("/vms", json!({"vcpus": 65, "mem_mib": 256, "disk_gib": 5})).await;
+    assert_eq!(st, 422, "{v}");
+    assert_eq!(v["detail"][0]["loc"], json!(["body", "vcpus"]));
+    for svc in [&s, &s2] {
+        assert_eq!(svc.get("/vms/").await.1, json!([]));
+        assert_eq!(std::fs::read_dir(svc.base.join("vms")).map(|d| d.count()).unwrap_or(0), 0);
+    }
+}
+
 #[tokio::test]
 async fn http_surface_with_embedded_catalog() {
     let s = Service::start(Opts { with_image: true, ..Default::default() }).await;

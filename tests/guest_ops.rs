@@ -351,6 +351,14 @@ async fn guest_operations_end_to_end() {
         .collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "events out of order: {seen}");
 
+    // A late subscriber first gets the VM's current state.
+    let ev = s.client.get(s.url(&format!("/vms/{id}/events"))).bearer_auth(TOKEN).send().await.unwrap();
+    let mut late = ev.bytes_stream();
+    let first = tokio::time::timeout(Duration::from_secs(5), late.next()).await.unwrap().unwrap().unwrap();
+    let first = String::from_utf8_lossy(&first).to_string();
+    assert!(first.contains("\"state\":\"running\"") && first.contains(&id), "{first}");
+    drop(late);
+
     exec(&s, &id).await;
     files(&s, &id).await;
     tty(&s, &id).await;

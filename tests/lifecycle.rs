@@ -54,6 +54,9 @@ async fn lifecycle_end_to_end() {
     assert!(console.contains("Power down") || console.contains("shutting down"), "stop was not a guest shutdown:\n{console}");
     let (_, tail) = s.get(&format!("/vms/{a}/console/tail?lines=5")).await;
     assert_eq!(tail["console"].as_str().unwrap().lines().count(), 5);
+    let (st, m) = s.get(&format!("/metrics/{a}")).await;
+    assert_eq!(st, 409, "metrics of a stopped VM: {m}");
+    assert!(m["detail"].as_str().unwrap().contains("not running"), "{m}");
     let (st, r) = s.post(&format!("/vms/{a}/actions"), json!({"action": "start"})).await;
     assert_eq!(st, 200);
     assert_eq!(r["state"], "provisioning");
