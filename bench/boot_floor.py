@@ -28,8 +28,24 @@ def banner(port):
         return False
 
 
+def seed(d):
+    """A NoCloud seed like the service's (user, key, hostname), made with dosfstools + mtools."""
+    key = os.path.join(d, "k")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True)
+    pub = open(key + ".pub").read().strip()
+    vm_id = "00000000-0000-4000-8000-000000000001"
+    open(os.path.join(d, "meta-data"), "w").write(f"instance-id: {vm_id}\nlocal-hostname: {vm_id}\n")
+    open(os.path.join(d, "user-data"), "w").write(
+        f"#cloud-config\nhostname: {vm_id}\nusers:\n  - name: root\n    ssh_authorized_keys:\n      - {pub}\n")
+    img = os.path.join(d, "seed.img")
+    subprocess.run(["mkfs.vfat", "-C", "-n", "CIDATA", img, "1024"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["mcopy", "-i", img, os.path.join(d, "meta-data"), os.path.join(d, "user-data"), "::/"], check=True)
+    return img
+
+
 def one(image, m):
     with tempfile.TemporaryDirectory(prefix="vmfloor") as d:
+        seed_img = seed(d)
         disk = os.path.join(d, "disk.qcow2")
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", os.path.join(image, m["disk"]), "-F", "qcow2", disk], check=True)
         port = free_port()
@@ -37,6 +53,7 @@ def one(image, m):
                 "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio",
                 "-kernel", os.path.join(image, m["kernel"]), "-initrd", os.path.join(image, m["initrd"]), "-append", m["cmdline"],
                 "-drive", f"file={disk},if=none,id=d0,format=qcow2", "-device", "virtio-blk-pci,drive=d0",
+                "-drive", f"file={seed_img},if=none,id=d1,format=raw,readonly=on", "-device", "virtio-blk-pci,drive=d1",
                 "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22", "-device", "virtio-net-pci,netdev=n0"]
         t0 = time.perf_counter()
         p = subprocess.Popen(args, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -105,6 +105,7 @@ fn config() -> Arc<client::Config> {
 /// Dials the guest, authenticates with the service key, and checks the guest's VM id.
 async fn dial(target: &Target, timeout: Duration) -> Result<Conn, GuestError> {
     let fut = async {
+        let t0 = std::time::Instant::now();
         let handler = Client { pinned: target.host_key.clone() };
         let mut handle = client::connect(config(), ("127.0.0.1", target.port), handler)
             .await
@@ -116,6 +117,7 @@ async fn dial(target: &Target, timeout: Duration) -> Result<Conn, GuestError> {
         if !auth.success() {
             return Err(GuestError::Connect(format!("ssh key auth as {} was refused", target.user)));
         }
+        tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1000.0, "ssh session authenticated");
         let conn = Conn { handle, permits: Arc::new(Semaphore::new(CHANNELS_PER_CONN)) };
         let mut ch = conn.handle.channel_open_session().await.map_err(|e| GuestError::Connect(e.to_string()))?;
         ch.exec(true, "cat /etc/vm-id 2>/dev/null || hostname").await.map_err(|e| GuestError::Connect(e.to_string()))?;
@@ -125,6 +127,7 @@ async fn dial(target: &Target, timeout: Duration) -> Result<Conn, GuestError> {
                 out.extend_from_slice(&data);
             }
         }
+        tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1000.0, "guest identity read");
         let seen = String::from_utf8_lossy(&out).trim().to_string();
         if seen != target.vm_id {
             return Err(GuestError::Identity { expected: target.vm_id.clone(), seen });

@@ -168,6 +168,7 @@ impl Manager {
             host_key: Arc::new(std::sync::Mutex::new(None)),
         };
         let marker = image.ready_marker.clone();
+        let (mut marker_at, mut banner_at) = (None, None);
         let outcome: Result<Pool> = loop {
             if *exited.borrow() {
                 let log = console_tail(&f.qemu_log, 5);
@@ -186,8 +187,12 @@ impl Manager {
                     console_tail(&f.console, 30)
                 )));
             }
-            let marker_ok = marker.as_deref().map(|m| marker_seen(&f.console, m)).unwrap_or(true);
+            let marker_ok = marker_at.is_some() || marker.as_deref().map(|m| marker_seen(&f.console, m)).unwrap_or(true);
+            if marker_ok && marker_at.is_none() {
+                marker_at = Some(started.elapsed());
+            }
             if marker_ok && banner_ready(port).await {
+                banner_at.get_or_insert(started.elapsed());
                 match Pool::connect(target.clone(), Duration::from_secs(20)).await {
                     Ok(pool) => break Ok(pool),
                     Err(e @ crate::guest::GuestError::Identity { .. }) => break Err(e.into()),
@@ -197,7 +202,7 @@ impl Manager {
             tokio::select! {
                 // Short polls: each costs a small file read or one loopback connect, and the
                 // guest is ready within ~0.2 s of its marker.
-                _ = tokio::time::sleep(Duration::from_millis(if marker_ok { 25 } else { 50 })) => {}
+                _ = tokio::time::sleep(Duration::from_millis(if marker_ok { 10 } else { 20 })) => {}
                 _ = exited.changed() => {}
                 _ = cancel.cancelled() => {}
             }
@@ -206,7 +211,18 @@ impl Manager {
             Ok(pool) => {
                 let host_key = pool.host_key();
                 *slot.pool.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(pool));
-                self.emit_step(id, "ssh_ready", Some(format!("{:.2} s after request", started.elapsed().as_secs_f64())));
+                let ms = |d: Option<Duration>| d.map(|d| format!("{:.0} ms", d.as_secs_f64() * 1000.0)).unwrap_or_else(|| "-".into());
+                self.emit_step(
+                    id,
+                    "ssh_ready",
+                    Some(format!(
+                        "{:.2} s after request (guest ready marker at {}, SSH banner at {}, session + identity check done at {})",
+                        started.elapsed().as_secs_f64(),
+                        ms(marker_at),
+                        ms(banner_at),
+                        ms(Some(started.elapsed()))
+                    )),
+                );
                 let t = now();
                 self.catalog
                     .update(id, Box::new(move |r| {
