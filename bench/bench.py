@@ -7,9 +7,10 @@
 
 With a second URL (a baseline implementation of the same API) every figure is measured on
 both in the same run, alternating A/B, and the table shows the A/B ratio of medians.
-GET /vms/ is measured with 1,000 records: the harness writes the stopped ones straight
-into the catalog through Redis (--redis-url, the original's key layout) and creates the
-running ones through the API. Without --redis-url that figure uses whatever the catalog holds.
+GET /vms/ is measured with 1,000 records: the running ones are created through the API; the
+stopped ones are either already in the catalog (bench/run.sh imports them for A) or written
+here straight into a side's Redis (--redis-url with --redis-prefix for A, --redis-prefix-b
+for B, the original's key layout) and removed afterwards.
 """
 import argparse, base64, hashlib, http.client, json, os, re, socket, statistics, struct, sys, threading, time, urllib.parse, uuid
 
@@ -340,8 +341,8 @@ def main():
     ap.add_argument("--url-b")
     ap.add_argument("--token-b")
     ap.add_argument("--redis-url")
-    ap.add_argument("--redis-prefix", default="")
-    ap.add_argument("--redis-prefix-b")
+    ap.add_argument("--redis-prefix", default="", help="seed A's records under this Redis prefix")
+    ap.add_argument("--redis-prefix-b", help="seed B's records under this Redis prefix")
     ap.add_argument("--node", default="local-node", help="NODE_NAME of the services (seeded records carry it)")
     ap.add_argument("--creates", type=int, default=5)
     ap.add_argument("--execs", type=int, default=200)
@@ -355,7 +356,8 @@ def main():
     sides = [Api(a.url, a.token, "A")]
     if a.url_b:
         sides.append(Api(a.url_b, a.token_b or a.token, "B"))
-    prefixes = {"A": a.redis_prefix, "B": a.redis_prefix_b if a.redis_prefix_b is not None else a.redis_prefix}
+    # Only sides whose Redis prefix is given are seeded (--redis-prefix: A, --redis-prefix-b: B).
+    prefixes = {"A": a.redis_prefix or None, "B": a.redis_prefix_b}
     res = {s.name: {} for s in sides}
     notes = []
 
@@ -464,10 +466,8 @@ def main():
     for s in sides:
         while len(vms[s.name]) < a.running:
             vms[s.name].append(create(s)[0])
-        if a.redis_url:
+        if a.redis_url and prefixes.get(s.name):
             seeded[s.name] = seed(a.redis_url, prefixes[s.name], a.node, a.records - len(vms[s.name]))
-        else:
-            notes.append(f"{s.name}: no --redis-url; GET /vms/ measured with the catalog as it is")
         st, lst = s.call("GET", "/vms/")
         res[s.name]["list_records"] = [len(lst) if isinstance(lst, list) else 0]
         for _ in range(20):
