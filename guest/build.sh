@@ -173,6 +173,7 @@ cat > "$out/manifest.json" <<EOF
   "cpu": "qemu64,+rdrand",
   "ready_marker": "tiny-guest: rcS done",
   "kernel_version": "$kver",
+  "source_hash": "$(bash "$(dirname "${BASH_SOURCE[0]}")/source-hash.sh")",
   "built_at": $(date +%s)
 }
 EOF

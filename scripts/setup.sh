@@ -29,8 +29,12 @@ if [ -z "${VM_BASE_DIR:-}" ]; then
   if [ "$(id -u)" = 0 ]; then VM_BASE_DIR=/var/lib/vm-service; else VM_BASE_DIR="$HOME/.local/share/vm-service"; fi
 fi
 export VM_BASE_DIR
-if [ ! -f "$VM_BASE_DIR/images/tiny/manifest.json" ]; then
-  bash "$here/guest/build.sh" --out "$VM_BASE_DIR/images/tiny"
+img="$VM_BASE_DIR/images/tiny"
+if [ ! -f "$img/manifest.json" ]; then
+  bash "$here/guest/build.sh" --out "$img"
+elif ! grep -q "\"source_hash\": \"$(bash "$here/guest/source-hash.sh")\"" "$img/manifest.json"; then
+  echo "setup.sh: guest sources changed since $img was built; rebuilding it"
+  bash "$here/guest/build.sh" --out "$img" || echo "setup.sh: kept the old image (see above)" >&2
 fi
 # Schemathesis (PyPI) for the OpenAPI fuzz test, in its own venv.
 venv=/var/tmp/vmsvc-venv
