@@ -72,7 +72,26 @@ fn check_reachable(dir: &std::path::Path, uid: u32, gid: u32) -> anyhow::Result<
     Ok(())
 }
 
+/// As root with isolation on and no VM_RUN_AS_UID, QEMU's user `vmnet` is created when
+/// missing (a system user without home or login shell).
+fn ensure_qemu_user(settings: &Settings) {
+    if settings.vm_run_as_uid.is_some() || settings.vm_isolation == "off" || !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    if nix::unistd::User::from_name("vmnet").ok().flatten().is_some() {
+        return;
+    }
+    let made = std::process::Command::new("useradd")
+        .args(["--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", "vmnet"])
+        .status();
+    match made {
+        Ok(s) if s.success() => tracing::info!("created system user vmnet for QEMU"),
+        other => tracing::warn!(result = ?other, "could not create user vmnet; QEMU runs as root and guests are not isolated"),
+    }
+}
+
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    ensure_qemu_user(&settings);
     let cfg = Arc::new(settings.resolve()?);
     require_tool(&cfg.qemu_bin, if cfg.qemu_bin.contains("aarch64") { "qemu-system-arm" } else { "qemu-system-x86" })?;
     require_tool(&cfg.qemu_img, "qemu-utils")?;
