@@ -3,6 +3,7 @@
 pub mod exec;
 pub mod files;
 pub mod pool;
+pub mod prefixed;
 pub mod pty;
 pub mod runner;
 pub mod search;

@@ -112,13 +112,21 @@ fn config() -> Arc<client::Config> {
 
 /// Dials the guest, authenticates with the service key, and checks the guest's VM id.
 async fn dial(target: &Target, timeout: Duration) -> Result<Conn, GuestError> {
+    dial_over(target, None, timeout).await
+}
+
+/// As `dial`, over `stream` when given: a TCP connection to the guest's SSH port whose
+/// first bytes (`consumed`, part of the server's identification line) were already read.
+async fn dial_over(target: &Target, stream: Option<(tokio::net::TcpStream, Vec<u8>)>, timeout: Duration) -> Result<Conn, GuestError> {
     let fut = async {
         let t0 = std::time::Instant::now();
         let banner = Arc::new(Mutex::new(None));
         let handler = Client { pinned: target.host_key.clone(), banner: banner.clone() };
-        let mut handle = client::connect(config(), ("127.0.0.1", target.port), handler)
-            .await
-            .map_err(|e| GuestError::Connect(format!("ssh to 127.0.0.1:{}: {e}", target.port)))?;
+        let connected = match stream {
+            Some((tcp, consumed)) => client::connect_stream(config(), super::prefixed::Prefixed::new(consumed, tcp), handler).await,
+            None => client::connect(config(), ("127.0.0.1", target.port), handler).await,
+        };
+        let mut handle = connected.map_err(|e| GuestError::Connect(format!("ssh to 127.0.0.1:{}: {e}", target.port)))?;
         let auth = handle
             .authenticate_publickey(target.user.clone(), PrivateKeyWithHashAlg::new(target.key.clone(), None))
             .await
@@ -153,7 +161,13 @@ async fn dial(target: &Target, timeout: Duration) -> Result<Conn, GuestError> {
 impl Pool {
     /// Connects once (readiness check) and returns a pool holding that connection.
     pub async fn connect(target: Target, timeout: Duration) -> Result<Pool, GuestError> {
-        let conn = dial(&target, timeout).await?;
+        Self::connect_over(target, None, timeout).await
+    }
+
+    /// As `connect`, reusing a probe connection that has already seen the server's banner
+    /// (spares the guest a second connection set-up, ~70 ms under TCG).
+    pub async fn connect_over(target: Target, stream: Option<(tokio::net::TcpStream, Vec<u8>)>, timeout: Duration) -> Result<Pool, GuestError> {
+        let conn = dial_over(&target, stream, timeout).await?;
         Ok(Pool { target, conns: tokio::sync::Mutex::new(vec![Arc::new(conn)]), sftp: Default::default(), runners: super::runner::Runners::new() })
     }
 

@@ -21,14 +21,16 @@ pub fn console_tail(path: &Path, lines: usize) -> String {
 /// Connect, then wait for the `SSH-` banner with a short per-attempt timeout: QEMU's
 /// user network accepts early connects and replays them late, so a connect alone proves
 /// nothing and a long-held attempt delays boot.
-async fn banner_ready(port: u16) -> bool {
+/// Returns the connection (with the 4 bytes read) so the SSH client can take it over.
+async fn banner_ready(port: u16) -> Option<(tokio::net::TcpStream, Vec<u8>)> {
     let attempt = async {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        s.set_nodelay(true).ok()?;
         let mut buf = [0u8; 4];
         s.read_exact(&mut buf).await.ok()?;
-        Some(&buf == b"SSH-")
+        (&buf == b"SSH-").then(|| (s, buf.to_vec()))
     };
-    matches!(tokio::time::timeout(Duration::from_millis(1500), attempt).await, Ok(Some(true)))
+    tokio::time::timeout(Duration::from_millis(1500), attempt).await.ok().flatten()
 }
 
 /// Waits until the guest behind `target` answers over SSH (banner, then a full pooled
@@ -37,9 +39,9 @@ pub(crate) async fn reconnect(target: Target, limit: Duration) -> std::result::R
     let deadline = Instant::now() + limit;
     let mut last = crate::guest::GuestError::Connect("no SSH banner yet".into());
     while Instant::now() < deadline {
-        if banner_ready(target.port).await {
+        if let Some(stream) = banner_ready(target.port).await {
             let left = deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(20));
-            match Pool::connect(target.clone(), left.max(Duration::from_secs(1))).await {
+            match Pool::connect_over(target.clone(), Some(stream), left.max(Duration::from_secs(1))).await {
                 Ok(pool) => return Ok(pool),
                 Err(e @ crate::guest::GuestError::Identity { .. }) => return Err(e),
                 Err(e) => last = e,
@@ -191,9 +193,10 @@ impl Manager {
             if marker_ok && marker_at.is_none() {
                 marker_at = Some(started.elapsed());
             }
-            if marker_ok && banner_ready(port).await {
+            let probe = if marker_ok { banner_ready(port).await } else { None };
+            if let Some(stream) = probe {
                 banner_at.get_or_insert(started.elapsed());
-                match Pool::connect(target.clone(), Duration::from_secs(20)).await {
+                match Pool::connect_over(target.clone(), Some(stream), Duration::from_secs(20)).await {
                     Ok(pool) => break Ok(pool),
                     Err(e @ crate::guest::GuestError::Identity { .. }) => break Err(e.into()),
                     Err(e) => tracing::debug!(vm_id = %id, error = %e, "ssh not ready yet"),
