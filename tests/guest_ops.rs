@@ -146,6 +146,8 @@ async fn exec(s: &Service, id: &str) {
     assert_eq!(v["stdout"], "first\n", "{v}");
     let v = s.exec(id, "pwd; echo \"leak=${LEAK:-}\"; sleep 2; echo done").await;
     assert_eq!(v["stdout"], "/root\nleak=\ndone\n", "{v}");
+    let v = s.exec(id, "echo a\u{0}b").await;
+    assert_eq!((v["ok"].clone(), v["reason"].as_str().unwrap().contains("NUL")), (json!(false), true), "{v}");
     let v = s.exec(id, "exit 7").await;
     assert_eq!((v["ok"].clone(), v["exit_code"].clone()), (json!(true), json!(7)), "{v}");
     let v = s.exec(id, "head -c 5000000 /dev/zero | tr '\\0' a").await;

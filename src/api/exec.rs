@@ -68,6 +68,9 @@ pub async fn execute_sh(State(st): State<AppState>, Path(vm_id): Path<String>, A
         Err(ManagerError::NotRunning) => return Json(fail("VM is not running".into())),
         Err(e) => return Json(fail(e.to_string())),
     };
+    if body.command.contains('\0') {
+        return Json(fail("could not run the command: it contains a NUL byte, which no shell can take".into()));
+    }
     let cfg = &st.mgr.cfg;
     let secs = body.timeout.filter(|t| t.is_finite() && *t > 0.0).unwrap_or(cfg.exec_timeout_s as f64).min(cfg.exec_max_timeout_s as f64);
     match exec::run(&pool, &body.command, Duration::from_secs_f64(secs), OUTPUT_CAP).await {

@@ -65,6 +65,9 @@ fn push_capped(buf: &mut Vec<u8>, data: &[u8], cap: usize, truncated: &mut bool)
 /// Runs `command`; retried on a fresh channel only when the guest never acknowledged the
 /// exec request (so the command cannot have started).
 pub async fn run(pool: &Pool, command: &str, timeout: Duration, cap: usize) -> Result<ExecOutput, GuestError> {
+    if command.contains('\0') {
+        return Err(GuestError::BadPath("a NUL byte cannot be passed to the guest's shell".into()));
+    }
     if !pool.runners().disabled() {
         match super::runner::run(pool, pool.runners(), command, timeout, cap).await {
             super::runner::RunOutcome::Ran(out) => return Ok(out),

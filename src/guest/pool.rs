@@ -168,7 +168,7 @@ impl Pool {
     /// (spares the guest a second connection set-up, ~70 ms under TCG).
     pub async fn connect_over(target: Target, stream: Option<(tokio::net::TcpStream, Vec<u8>)>, timeout: Duration) -> Result<Pool, GuestError> {
         let conn = dial_over(&target, stream, timeout).await?;
-        Ok(Pool { target, conns: tokio::sync::Mutex::new(vec![Arc::new(conn)]), sftp: Default::default(), runners: super::runner::Runners::new() })
+        Ok(Pool { target, conns: tokio::sync::Mutex::new(vec![Arc::new(conn)]), sftp: Default::default(), runners: Default::default() })
     }
 
     pub(crate) fn runners(&self) -> &super::runner::Runners {

@@ -45,18 +45,22 @@ struct Runner {
     _pool_permit: OwnedSemaphorePermit,
 }
 
-/// The VM's runners: idle ones wait in `idle`; `slots` bounds how many exist.
-#[derive(Default)]
+/// The VM's runners: idle ones wait in `idle`; `slots` bounds how many run at once (and so
+/// how many exist).
 pub struct Runners {
     idle: Mutex<Vec<Runner>>,
-    slots: Option<Arc<Semaphore>>,
+    slots: Arc<Semaphore>,
+    /// Set when the guest has no bash: execute-sh then uses plain SSH exec only.
     disabled: std::sync::atomic::AtomicBool,
 }
 
-impl Runners {
-    pub fn new() -> Runners {
-        Runners { idle: Mutex::new(Vec::new()), slots: Some(Arc::new(Semaphore::new(RUNNERS_PER_VM))), disabled: Default::default() }
+impl Default for Runners {
+    fn default() -> Self {
+        Runners { idle: Mutex::new(Vec::new()), slots: Arc::new(Semaphore::new(RUNNERS_PER_VM)), disabled: Default::default() }
     }
+}
+
+impl Runners {
     pub fn disabled(&self) -> bool {
         self.disabled.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -109,9 +113,8 @@ pub enum RunOutcome {
 
 /// Runs `command` on one of the VM's runners.
 pub async fn run(pool: &Pool, runners: &Runners, command: &str, timeout: Duration, cap: usize) -> RunOutcome {
-    let Some(slots) = runners.slots.clone() else { return RunOutcome::NotStarted(GuestError::Ssh("runners not set up".into())) };
     // Held for the call: at most RUNNERS_PER_VM commands (and so runners) at once.
-    let Ok(_in_use) = slots.acquire_owned().await else { return RunOutcome::NotStarted(GuestError::Ssh("runners closed".into())) };
+    let Ok(_in_use) = runners.slots.clone().acquire_owned().await else { return RunOutcome::NotStarted(GuestError::Ssh("runners closed".into())) };
     let idle = runners.idle.lock().await.pop();
     let mut runner = match idle {
         Some(r) => r,
