@@ -162,9 +162,3 @@ fn missing_qemu_tools_fail_start_up_with_the_package_name() {
         let _ = std::fs::remove_dir_all(base);
     }
 }
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false)
-}

@@ -29,7 +29,7 @@ fn proc_status(pid: i32, key: &str) -> String {
 
 #[tokio::test]
 async fn guests_cannot_reach_the_host_loopback() {
-    if !nix_is_root() {
+    if !is_root() {
         eprintln!("skipped: guest → host isolation needs the service to run as root");
         return;
     }
@@ -75,10 +75,4 @@ async fn guests_cannot_reach_the_host_loopback() {
     assert_eq!(s.wait_settled(&c).await["state"], "running");
     let (api, red, _) = probe(&s, &c, s.port, redis.port, 1).await;
     assert!(!api.contains("True") && !red.contains("PONG"), "no_egress VM reached the host: {api:?} {red:?}");
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false)
 }

@@ -69,6 +69,27 @@ pub struct Lease {
     _permit: OwnedSemaphorePermit,
 }
 
+/// Opens a session channel and runs `start` on it (its first requests; it hands the
+/// channel back); when that fails (dropbear may close a fresh channel whose first request
+/// arrives late, see OPEN_ATTEMPTS) a new channel is tried. Returns the channel, its pool
+/// permit and whatever `start` returned.
+pub async fn open_channel<T, F, Fut>(pool: &Pool, what: &str, start: F) -> Result<(Channel<Msg>, OwnedSemaphorePermit, T), GuestError>
+where
+    F: Fn(Channel<Msg>) -> Fut,
+    Fut: std::future::Future<Output = (Channel<Msg>, Result<T, GuestError>)>,
+{
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (channel, permit) = pool.session().await?.into_parts();
+        match start(channel).await {
+            (channel, Ok(v)) => return Ok((channel, permit, v)),
+            (_, Err(e)) if attempt >= OPEN_ATTEMPTS => return Err(e),
+            (_, Err(e)) => tracing::debug!(error = %e, "{what} failed on a fresh channel; retrying"),
+        }
+    }
+}
+
 /// Waits for the replies to `n` want-reply requests sent on a fresh channel; returns any
 /// output that came first. Err when the guest closes or refuses the channel instead.
 pub async fn await_replies(channel: &mut Channel<Msg>, n: usize) -> Result<Vec<u8>, GuestError> {

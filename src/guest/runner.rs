@@ -10,7 +10,7 @@
 //!   stderr: … output … `RS E<tok> RS`          (RS = 0x1e)
 //! The pid is the subshell's, so a timeout can kill its whole process tree.
 use super::exec::ExecOutput;
-use super::pool::{await_replies, Pool, OPEN_ATTEMPTS};
+use super::pool::{await_replies, open_channel, Pool};
 use super::GuestError;
 use russh::client::Msg;
 use russh::{Channel, ChannelMsg};
@@ -71,17 +71,14 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 async fn start(pool: &Pool) -> Result<Runner, GuestError> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let (mut channel, permit) = pool.session().await?.into_parts();
-        let started = async {
-            channel.exec(true, SCRIPT).await?;
-            await_replies(&mut channel, 1).await?;
+    let (channel, permit, ()) = open_channel(pool, "runner start", |mut ch: Channel<Msg>| async move {
+        let r = async {
+            ch.exec(true, SCRIPT).await?;
+            await_replies(&mut ch, 1).await?;
             // Wait for the ready marker.
             let mut seen = Vec::new();
             loop {
-                match tokio::time::timeout(Duration::from_secs(20), channel.wait()).await {
+                match tokio::time::timeout(Duration::from_secs(20), ch.wait()).await {
                     Ok(Some(ChannelMsg::Data { data })) => {
                         seen.extend_from_slice(&data);
                         if find(&seen, b"\x1eR\x1e").is_some() {
@@ -95,13 +92,12 @@ async fn start(pool: &Pool) -> Result<Runner, GuestError> {
                     Ok(None) | Err(_) => return Err(GuestError::Ssh("the runner did not start".into())),
                 }
             }
-        };
-        match started.await {
-            Ok(()) => return Ok(Runner { channel, _pool_permit: permit }),
-            Err(e) if attempt >= OPEN_ATTEMPTS => return Err(e),
-            Err(e) => tracing::debug!(error = %e, "runner start failed; retrying"),
         }
-    }
+        .await;
+        (ch, r)
+    })
+    .await?;
+    Ok(Runner { channel, _pool_permit: permit })
 }
 
 /// Outcome of a runner call: Ran (the command started; output as far as known) or

@@ -2,7 +2,9 @@
 //! multiplexed by id). Opening and closing a subsystem channel per operation raced with
 //! dropbear's channel-number reuse: a late close for the old channel could end the next
 //! one ("sender dropped"). The session is re-opened when its channel has ended.
-use super::pool::Pool;
+use super::pool::{await_replies, open_channel, Pool};
+use russh::client::Msg;
+use russh::Channel;
 use super::GuestError;
 use russh_sftp::client::SftpSession;
 use std::io;
@@ -12,8 +14,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+struct Cached {
+    session: Arc<SftpSession>,
+    ended: Arc<AtomicBool>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
 #[derive(Default)]
-pub struct SftpCache(tokio::sync::Mutex<Option<(Arc<SftpSession>, Arc<AtomicBool>)>>);
+pub struct SftpCache(tokio::sync::Mutex<Option<Cached>>);
 
 impl SftpCache {
     pub async fn clear(&self) {
@@ -58,59 +66,25 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 /// The VM's SFTP session, opened on first use and again after its channel ended.
 pub async fn session(pool: &Pool) -> Result<Arc<SftpSession>, GuestError> {
     let mut cached = pool.sftp_cache().0.lock().await;
-    if let Some((s, ended)) = cached.as_ref() {
-        if !ended.load(Ordering::SeqCst) {
-            return Ok(s.clone());
+    if let Some(c) = cached.as_ref() {
+        if !c.ended.load(Ordering::SeqCst) {
+            return Ok(c.session.clone());
         }
     }
     *cached = None;
-    let mut attempt = 0;
-    let s = loop {
-        attempt += 1;
-        let mut lease = pool.session().await?;
-        let opened = async {
-            lease.channel.request_subsystem(true, "sftp").await?;
-            super::pool::await_replies(&mut lease.channel, 1).await?;
-            Ok::<_, GuestError>(())
-        };
-        match opened.await {
-            Ok(()) => {
-                // The channel keeps its pool slot for the session's life: the permit goes with it.
-                let (channel, permit) = lease.into_parts();
-                let ended = Arc::new(AtomicBool::new(false));
-                let stream = Watched { inner: PermitStream { inner: channel.into_stream(), _permit: permit }, ended: ended.clone() };
-                break (Arc::new(SftpSession::new(stream).await?), ended);
-            }
-            Err(e) if attempt >= super::pool::OPEN_ATTEMPTS => return Err(e),
-            Err(e) => tracing::debug!(error = %e, "sftp subsystem request failed on a fresh channel; retrying"),
+    let (channel, permit, _) = open_channel(pool, "sftp subsystem request", |mut ch: Channel<Msg>| async move {
+        let r = async {
+            ch.request_subsystem(true, "sftp").await?;
+            await_replies(&mut ch, 1).await
         }
-    };
-    let (s, ended) = s;
+        .await;
+        (ch, r)
+    })
+    .await?;
+    let ended = Arc::new(AtomicBool::new(false));
+    let s = Arc::new(SftpSession::new(Watched { inner: channel.into_stream(), ended: ended.clone() }).await?);
     s.set_timeout(60);
-    *cached = Some((s.clone(), ended));
+    // The channel keeps its pool slot while the session is cached: the permit is kept with it.
+    *cached = Some(Cached { session: s.clone(), ended, _permit: permit });
     Ok(s)
-}
-
-/// Holds the channel's pool permit as long as the stream lives.
-struct PermitStream<S> {
-    inner: S,
-    _permit: tokio::sync::OwnedSemaphorePermit,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for PermitStream<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for PermitStream<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }

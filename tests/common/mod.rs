@@ -276,3 +276,10 @@ unsafe extern "C" {
 pub fn kill_pid(pid: i32, sig: i32) {
     unsafe { kill(pid, sig) };
 }
+
+/// Whether the tests run as root (isolation and tmpfs tests need it).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
