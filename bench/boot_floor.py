@@ -5,6 +5,9 @@ serial console and to the first SSH banner on the forwarded port. create→runni
 the service minus this floor is the service's own overhead.
 
   bench/boot_floor.py [--image /var/lib/vm-service/images/tiny] [-n 5]
+  bench/boot_floor.py --url http://127.0.0.1:8080 --token T -n 6   # alternate with service creates
+With --url, each plain boot is paired with a create → running through that service (deleted
+after), and the paired differences are printed: the service's overhead, measured side by side.
 Reports; asserts nothing."""
 import argparse, json, os, re, socket, statistics, subprocess, tempfile, time
 
@@ -81,8 +84,24 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--image", default=os.path.join(os.environ.get("VM_BASE_DIR", "/var/lib/vm-service"), "images/tiny"))
     ap.add_argument("-n", type=int, default=5)
+    ap.add_argument("--url", help="a running vm-service to alternate creates with")
+    ap.add_argument("--token")
     a = ap.parse_args()
     m = json.load(open(os.path.join(a.image, "manifest.json")))
+    if a.url:
+        import bench
+        api = bench.Api(a.url, a.token, "A")
+        svc, rows = [], []
+        for _ in range(a.n):
+            vid, total, _ = bench.create(api)
+            api.call("DELETE", f"/vms/{vid}")
+            svc.append(total)
+            rows.append(one(a.image, m))
+        diffs = [s - r[1] for s, r in zip(svc, rows)]
+        print(f"service create→running median {statistics.median(svc):.3f} s; plain QEMU spawn→banner median "
+              f"{statistics.median(r[1] for r in rows):.3f} s; paired differences median {statistics.median(diffs):.3f} s "
+              f"(range {min(diffs):.2f} … {max(diffs):.2f})")
+        return
     rows = [one(a.image, m) for _ in range(a.n)]
     med = lambda i: statistics.median(r[i] for r in rows if r[i] is not None)  # noqa: E731
     print(f"plain QEMU (n={a.n}): spawn→ready marker median {med(0):.2f} s, spawn→SSH banner median {med(1):.2f} s, "
