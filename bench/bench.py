@@ -75,12 +75,46 @@ def wait_settled(api, vid, limit=600):
     return {"state": "timeout"}
 
 
+class BootTimes(threading.Thread):
+    """Follows GET /events and keeps each VM's `ssh_ready` timings (ms after its boot
+    started): QEMU spawned, SSH banner seen, session done. vm-service only; a side without
+    the stream leaves it empty."""
+    PAT = re.compile(r"QEMU started at (\d+) ms.*SSH banner at (\d+) ms, session \+ identity check done at (\d+) ms")
+
+    def __init__(self, api):
+        super().__init__(daemon=True)
+        self.api, self.times = api, {}
+        self.ready = threading.Event()
+
+    def run(self):
+        try:
+            c = http.client.HTTPConnection(self.api.host, self.api.port, timeout=3600)
+            c.request("GET", "/events", headers=self.api.h)
+            r = c.getresponse()
+            self.ready.set()
+            if r.status != 200:
+                return
+            while line := r.fp.readline():
+                if line.startswith(b"data:") and b"ssh_ready" in line:
+                    e = json.loads(line[5:])
+                    m = self.PAT.search(e.get("detail") or "")
+                    if m:
+                        self.times[e["vm_id"]] = tuple(int(x) for x in m.groups())
+        except (OSError, http.client.HTTPException, ValueError):
+            pass
+        finally:
+            self.ready.set()
+
+
 def create(api):
+    """POST /vms?wait=true (vm-service answers once the VM is running; a server without
+    `wait` answers at once and is polled every 50 ms)."""
     t = time.perf_counter()
-    st, v = api.call("POST", "/vms", {"vcpus": 1, "mem_mib": 256, "disk_gib": 5})
+    st, v = api.call("POST", "/vms?wait=true", {"vcpus": 1, "mem_mib": 256, "disk_gib": 5})
     if st != 201:
         raise SystemExit(f"{api.name}: create failed {st} {v}")
-    v = wait_settled(api, v["id"])
+    if v.get("state") == "provisioning":
+        v = wait_settled(api, v["id"])
     total = time.perf_counter() - t
     if v["state"] != "running":
         raise SystemExit(f"{api.name}: VM ended {v['state']}: {v.get('error_reason')}")
@@ -382,6 +416,10 @@ def main():
 
     # 1. cold create -> running
     vms = {s.name: [] for s in sides}
+    boots = {s.name: BootTimes(s) for s in sides}
+    for b in boots.values():
+        b.start()
+        b.ready.wait(5)
     for i in range(a.creates):
         for s in order(i):
             vid, total, guest = create(s)
@@ -390,7 +428,18 @@ def main():
             if guest is not None:
                 res[s.name].setdefault("guest_boot_s", []).append(guest)
                 res[s.name].setdefault("create_overhead_s", []).append(total - guest)
-            log(f"{s.name} create {i + 1}: {total:.2f} s (guest boot {guest})")
+            for _ in range(20):  # the event can trail the HTTP answer by a moment
+                if vid in boots[s.name].times or not boots[s.name].is_alive():
+                    break
+                time.sleep(0.01)
+            t = boots[s.name].times.get(vid)
+            if t:
+                spawn, banner, done = t
+                res[s.name].setdefault("qemu_to_banner_s", []).append((banner - spawn) / 1000)
+                res[s.name].setdefault("service_share_ms", []).append(total * 1000 - (banner - spawn))
+                res[s.name].setdefault("pre_qemu_ms", []).append(spawn)
+                res[s.name].setdefault("banner_to_ready_ms", []).append(done - banner)
+            log(f"{s.name} create {i + 1}: {total:.2f} s (guest boot {guest}, boot timings {t})")
 
     # 2. execute-sh `true`: sequential, then 16 concurrent callers; guest floor
     for blk in range(0, a.execs, 20):
@@ -490,6 +539,10 @@ def main():
 ROWS = [
     ("create_s", "create → running (s)", 1), ("guest_boot_s", "  guest's own boot, kernel → init done (s)", 1),
     ("create_overhead_s", "  create minus guest boot (s)", 1),
+    ("qemu_to_banner_s", "  QEMU spawn → SSH banner, as the service saw it (s)", 1),
+    ("service_share_ms", "  create minus (QEMU spawn → banner): the service's own time (ms)", 1),
+    ("pre_qemu_ms", "    of which before QEMU: overlay, seed, spawn (ms)", 1),
+    ("banner_to_ready_ms", "    of which banner → SSH session + identity (ms)", 1),
     ("exec_true_ms", "execute-sh `true`, sequential (ms)", 1), ("exec_c16_ms", "execute-sh `true`, 16 callers, latency (ms)", 1),
     ("exec_c16_per_s", "execute-sh `true`, 16 callers (calls/s)", 0), ("guest_fork_exec_ms", "guest floor: one fork+exec of /bin/true (ms)", 1),
     ("list_seq_ms", "GET /vms/, sequential (ms)", 1), ("list_c16_ms", "GET /vms/, 16 callers, latency (ms)", 1),

@@ -46,7 +46,11 @@ def seed(d):
     return img
 
 
-def one(image, m):
+# What vm-service adds when it runs as root: QEMU as the `vmnet` user under seccomp.
+SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
+
+def one(image, m, confined=False):
     with tempfile.TemporaryDirectory(prefix="vmfloor") as d:
         seed_img = seed(d)
         disk = os.path.join(d, "disk.qcow2")
@@ -58,8 +62,17 @@ def one(image, m):
                 "-drive", f"file={disk},if=none,id=d0,format=qcow2", "-device", "virtio-blk-pci,drive=d0",
                 "-drive", f"file={seed_img},if=none,id=d1,format=raw,readonly=on", "-device", "virtio-blk-pci,drive=d1",
                 "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22", "-device", "virtio-net-pci,netdev=n0"]
+        user = {}
+        if confined:
+            import pwd
+            pw = pwd.getpwnam("vmnet")
+            os.chmod(d, 0o755)
+            for f in (disk, seed_img):
+                os.chown(f, pw.pw_uid, pw.pw_gid)
+            args += ["-sandbox", SANDBOX]
+            user = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
         t0 = time.perf_counter()
-        p = subprocess.Popen(args, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p = subprocess.Popen(args, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **user)
         os.set_blocking(p.stdout.fileno(), False)
         buf, marker, uptime = b"", None, None
         try:
@@ -86,23 +99,43 @@ def main():
     ap.add_argument("-n", type=int, default=5)
     ap.add_argument("--url", help="a running vm-service to alternate creates with")
     ap.add_argument("--token")
+    ap.add_argument("--confined", action="store_true", help="run QEMU as user vmnet with -sandbox, as vm-service does as root")
+    ap.add_argument("--ab-confined", action="store_true", help="alternate plain and confined boots; print the paired differences")
     a = ap.parse_args()
     m = json.load(open(os.path.join(a.image, "manifest.json")))
+    if a.ab_confined:
+        pairs = [(one(a.image, m), one(a.image, m, True)) for _ in range(a.n)]
+        diffs = [c[1] - p[1] for p, c in pairs]
+        print(f"spawn→banner plain median {statistics.median(p[1] for p, _ in pairs):.3f} s, confined median "
+              f"{statistics.median(c[1] for _, c in pairs):.3f} s; paired differences (confined − plain) median "
+              f"{statistics.median(diffs):.3f} s (range {min(diffs):.2f} … {max(diffs):.2f}, n={a.n})")
+        return
     if a.url:
         import bench
         api = bench.Api(a.url, a.token, "A")
-        svc, rows = [], []
+        boots = bench.BootTimes(api)
+        boots.start()
+        boots.ready.wait(5)
+        svc, rows, share = [], [], []
         for _ in range(a.n):
             vid, total, _ = bench.create(api)
             api.call("DELETE", f"/vms/{vid}")
             svc.append(total)
-            rows.append(one(a.image, m))
+            t = boots.times.get(vid)
+            if t:  # (QEMU spawned, banner seen, session done), ms after the boot started
+                share.append(total * 1000 - (t[1] - t[0]))
+                print(f"create {total:.3f} s: before QEMU {t[0]} ms, QEMU → banner {t[1] - t[0]} ms, banner → ready {t[2] - t[1]} ms, "
+                      f"service's share {share[-1]:.0f} ms", flush=True)
+            rows.append(one(a.image, m, a.confined))
         diffs = [s - r[1] for s, r in zip(svc, rows)]
         print(f"service create→running median {statistics.median(svc):.3f} s; plain QEMU spawn→banner median "
               f"{statistics.median(r[1] for r in rows):.3f} s; paired differences median {statistics.median(diffs):.3f} s "
-              f"(range {min(diffs):.2f} … {max(diffs):.2f})")
+              f"(range {min(diffs):.2f} … {max(diffs):.2f}, n={a.n})")
+        if share:
+            print(f"service's share per create (create − its own QEMU spawn → banner): median {statistics.median(share):.0f} ms "
+                  f"(range {min(share):.0f} … {max(share):.0f})")
         return
-    rows = [one(a.image, m) for _ in range(a.n)]
+    rows = [one(a.image, m, a.confined) for _ in range(a.n)]
     med = lambda i: statistics.median(r[i] for r in rows if r[i] is not None)  # noqa: E731
     print(f"plain QEMU (n={a.n}): spawn→ready marker median {med(0):.2f} s, spawn→SSH banner median {med(1):.2f} s, "
           f"guest uptime at marker median {med(2):.2f} s")

@@ -45,6 +45,9 @@ async fn shapes(s: &Service) {
     let (st, v) = s.post("/vms/", json!({"vcpus": 1, "mem_mib": 256, "disk_gib": 5, "base_image": "no-such-image"})).await;
     assert_eq!(st, 422);
     assert_eq!(v["detail"][0]["loc"], json!(["body", "base_image"]));
+    let (st, v) = s.post("/vms?wait=soon", json!({"vcpus": 1, "mem_mib": 256, "disk_gib": 5})).await;
+    assert_eq!(st, 422, "{v}");
+    assert_eq!(v["detail"][0]["loc"], json!(["query", "wait"]));
     let (st, _) = s.post("/vms", json!({"vcpus": 999, "mem_mib": 256, "disk_gib": 5})).await;
     assert_eq!(st, 422);
     // unknown / invalid ids

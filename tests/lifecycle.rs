@@ -15,8 +15,13 @@ async fn lifecycle_end_to_end() {
     let (_, rec) = s.get(&format!("/vms/{a}")).await;
     assert!(rec["booted_at"].as_f64().unwrap() >= rec["created_at"].as_f64().unwrap());
 
-    // A second VM at the same time: its own port, its own identity.
-    let b = s.running_vm().await;
+    // A second VM at the same time: its own port, its own identity. `?wait=true` answers
+    // once the VM is running.
+    let (st, vb) = s.post("/vms?wait=true", json!({"vcpus": 1, "mem_mib": 256, "disk_gib": 5})).await;
+    assert_eq!(st, 201, "{vb}");
+    assert_eq!(vb["state"], "running", "{vb}\n{}", s.log());
+    assert!(vb["booted_at"].as_f64().is_some() && vb["ssh_port"].as_u64().is_some(), "{vb}");
+    let b = vb["id"].as_str().unwrap().to_string();
     let (_, ra) = s.get(&format!("/vms/{a}")).await;
     let (_, rb) = s.get(&format!("/vms/{b}")).await;
     assert_ne!(ra["ssh_port"], rb["ssh_port"]);
@@ -65,11 +70,11 @@ async fn lifecycle_end_to_end() {
     assert_eq!(s.wait_settled(&a).await["state"], "running");
     assert_eq!(s.exec(&a, "cat /root/marker").await["stdout"], "persisted\n");
 
-    // Reboot.
+    // Reboot, answered once the guest is back.
     let before = s.qemu_pid(&a).unwrap();
-    let (st, _) = s.post(&format!("/vms/{a}/actions"), json!({"action": "reboot"})).await;
+    let (st, r) = s.post(&format!("/vms/{a}/actions?wait=true"), json!({"action": "reboot"})).await;
     assert_eq!(st, 200);
-    assert_eq!(s.wait_settled(&a).await["state"], "running");
+    assert_eq!(r["state"], "running", "{r}");
     assert_ne!(s.qemu_pid(&a).unwrap(), before);
     assert!(!alive(before));
     assert_eq!(s.exec(&a, "cat /root/marker").await["stdout"], "persisted\n");
@@ -92,6 +97,16 @@ async fn lifecycle_end_to_end() {
     let (st, _) = s.get(&format!("/vms/{a}")).await;
     assert_eq!(st, 404);
     let (st, _) = s.call(Method::DELETE, &format!("/vms/{b}"), None).await;
+    assert_eq!(st, 200);
+
+    // A base image that is a file but no qcow2 image: the VM ends in error naming why.
+    let junk = s.base.join("junk.qcow2");
+    std::fs::write(&junk, "not a disk image\n").unwrap();
+    let (st, v) = s.post("/vms?wait=true", json!({"vcpus": 1, "mem_mib": 256, "disk_gib": 5, "base_image": junk})).await;
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(v["state"], "error", "{v}");
+    assert!(v["error_reason"].as_str().unwrap_or("").contains("not in qcow2 format"), "{v}");
+    let (st, _) = s.call(Method::DELETE, &format!("/vms/{}", v["id"].as_str().unwrap()), None).await;
     assert_eq!(st, 200);
 
     // A bad base image: 422 and nothing left behind.

@@ -1,6 +1,6 @@
 //! /vms lifecycle routes: create, list, batch get, get, actions, delete.
 use super::error::{validation, ApiError};
-use super::json::ApiJson;
+use super::json::{ApiJson, ApiQuery};
 use super::AppState;
 use crate::manager::lifecycle::CreateSpec;
 use crate::model::VmOut;
@@ -34,12 +34,25 @@ pub struct VmAction {
     pub cleanup_disks: Option<bool>,
 }
 
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct WaitQuery {
+    /// Answer only once the VM has left `provisioning` (running, or error with its reason),
+    /// bounded by its boot timeout. Default false: answer at once, as the original does.
+    #[serde(default)]
+    pub wait: bool,
+}
+
+/// Seconds a `wait=true` caller may be held: the boot timeout plus time to stop a failed boot.
+fn wait_limit(st: &AppState, timeout_boot_s: Option<u64>) -> std::time::Duration {
+    std::time::Duration::from_secs(timeout_boot_s.unwrap_or(st.mgr.cfg.timeout_boot_s) + 10)
+}
+
 fn out(st: &AppState, r: &crate::model::VmRecord) -> VmOut {
     VmOut::from_record(r, &st.mgr.cfg.node_name)
 }
 
-#[utoipa::path(post, path = "/vms/", request_body = VmCreate, responses((status = 201, body = VmOut), (status = 422)))]
-pub async fn create(State(st): State<AppState>, ApiJson(body): ApiJson<VmCreate>) -> Result<(StatusCode, Json<VmOut>), ApiError> {
+#[utoipa::path(post, path = "/vms/", request_body = VmCreate, params(WaitQuery), responses((status = 201, body = VmOut), (status = 422)))]
+pub async fn create(State(st): State<AppState>, ApiQuery(q): ApiQuery<WaitQuery>, ApiJson(body): ApiJson<VmCreate>) -> Result<(StatusCode, Json<VmOut>), ApiError> {
     if body.timeout_boot_s == Some(0) {
         return Err(validation(&["body", "timeout_boot_s"], "timeout_boot_s must be at least 1"));
     }
@@ -54,6 +67,7 @@ pub async fn create(State(st): State<AppState>, ApiJson(body): ApiJson<VmCreate>
             no_egress: body.no_egress.unwrap_or(false),
         })
         .await?;
+    let rec = if q.wait { st.mgr.wait_settled(&rec.id, wait_limit(&st, body.timeout_boot_s)).await? } else { rec };
     Ok((StatusCode::CREATED, Json(out(&st, &rec))))
 }
 
@@ -77,14 +91,15 @@ pub async fn get_vm(State(st): State<AppState>, Path(vm_id): Path<String>) -> Re
 }
 
 #[utoipa::path(post, path = "/vms/{vm_id}/actions", request_body = VmAction,
-    responses((status = 200, body = VmOut), (status = 404), (status = 409), (status = 422)))]
-pub async fn actions(State(st): State<AppState>, Path(vm_id): Path<String>, ApiJson(body): ApiJson<VmAction>) -> Result<Json<VmOut>, ApiError> {
+    params(WaitQuery), responses((status = 200, body = VmOut), (status = 404), (status = 409), (status = 422)))]
+pub async fn actions(State(st): State<AppState>, Path(vm_id): Path<String>, ApiQuery(q): ApiQuery<WaitQuery>, ApiJson(body): ApiJson<VmAction>) -> Result<Json<VmOut>, ApiError> {
     let rec = match body.action.as_str() {
         "start" => st.mgr.start(&vm_id).await?,
         "stop" => st.mgr.stop(&vm_id, body.cleanup_disks.unwrap_or(false)).await?,
         "reboot" => st.mgr.reboot(&vm_id).await?,
         _ => return Err(validation(&["body", "action"], "Input should be 'start', 'stop' or 'reboot'")),
     };
+    let rec = if q.wait { st.mgr.wait_settled(&rec.id, wait_limit(&st, None)).await? } else { rec };
     Ok(Json(out(&st, &rec)))
 }
 

@@ -147,6 +147,7 @@ impl Manager {
                 return Err(e.into());
             }
         };
+        let spawned_at = started.elapsed();
         let running = self.watch_child(id, child, port);
         let pid = running.pid;
         let mut exited = running.exited.clone();
@@ -219,8 +220,9 @@ impl Manager {
                     id,
                     "ssh_ready",
                     Some(format!(
-                        "{:.2} s after request (guest ready marker at {}, SSH banner at {}, session + identity check done at {})",
+                        "{:.2} s after boot start (QEMU started at {}, guest ready marker at {}, SSH banner at {}, session + identity check done at {})",
                         started.elapsed().as_secs_f64(),
+                        ms(Some(spawned_at)),
                         ms(marker_at),
                         ms(banner_at),
                         ms(Some(started.elapsed()))

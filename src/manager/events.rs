@@ -25,3 +25,34 @@ impl Manager {
         let _ = self.events.send(Event { vm_id: id.into(), ts: now(), kind: "step", state: None, step: Some(step.into()), detail });
     }
 }
+
+impl Manager {
+    /// Waits until `id` is no longer provisioning, at most `limit`, and returns its record
+    /// (still provisioning when the limit passed first).
+    pub async fn wait_settled(&self, id: &str, limit: std::time::Duration) -> super::Result<crate::model::VmRecord> {
+        use tokio::sync::broadcast::error::RecvError;
+        // Subscribe before reading the record, so a transition between the two is not missed.
+        let mut rx = self.events.subscribe();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let rec = self.get(id).await?;
+            if rec.state != VmState::Provisioning {
+                return Ok(rec);
+            }
+            let changed = async {
+                loop {
+                    match rx.recv().await {
+                        Ok(e) if e.vm_id == id && e.kind == "state" => return true,
+                        Ok(_) => {}
+                        Err(RecvError::Lagged(_)) => return true,
+                        Err(RecvError::Closed) => return false,
+                    }
+                }
+            };
+            match tokio::time::timeout_at(deadline, changed).await {
+                Ok(true) => {}
+                Ok(false) | Err(_) => return self.get(id).await,
+            }
+        }
+    }
+}
