@@ -84,7 +84,9 @@ pub async fn create(qemu_img: &str, base: &Path, overlay: &Path, disk_gib: u32) 
     let size = match qcow2_virtual_size(base)? {
         Some(base_size) => {
             let size = wanted.max(base_size);
-            let backing = base.to_str().ok_or_else(|| QemuError::Image(format!("base image path is not UTF-8: {}", base.display())))?;
+            // QEMU resolves a relative backing name against the overlay's directory.
+            let abs = std::path::absolute(base).map_err(io_err(format!("resolving {}", base.display())))?;
+            let backing = abs.to_str().ok_or_else(|| QemuError::Image(format!("base image path is not UTF-8: {}", abs.display())))?;
             let bytes = qcow2_overlay_bytes(backing, size)?;
             let written = std::fs::File::create(&tmp).and_then(|mut f| {
                 f.write_all(&bytes)?;
@@ -194,6 +196,26 @@ mod tests {
             // The base's bytes read through the overlay.
             qemu_io(&ov, &["read -P 0x5a 1M 64k", "read -P 0 0 1M"]);
         }
+    }
+
+    #[tokio::test]
+    async fn a_relative_base_path_is_recorded_absolute() {
+        let dir = Scratch::new("rel");
+        let base = dir.path().join("base.qcow2");
+        assert!(StdCommand::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&base).arg("64M").status().unwrap().success());
+        let cwd = std::env::current_dir().unwrap();
+        let ups = cwd.components().count() - 1;
+        let rel = PathBuf::from("../".repeat(ups)).join(base.strip_prefix("/").unwrap());
+        assert!(rel.is_relative() && rel.exists(), "{}", rel.display());
+        let ov = dir.path().join("sub").join("ov.qcow2");
+        std::fs::create_dir_all(ov.parent().unwrap()).unwrap();
+        create("unused", &rel, &ov, 5).await.unwrap();
+        let (ok, info) = qemu_img(&["info", "--output=json"], &ov);
+        assert!(ok, "{info}");
+        let v: serde_json::Value = serde_json::from_str(&info).unwrap();
+        let recorded = PathBuf::from(v["backing-filename"].as_str().unwrap());
+        assert!(recorded.is_absolute(), "{}", recorded.display());
+        assert_eq!(std::fs::canonicalize(recorded).unwrap(), std::fs::canonicalize(&base).unwrap());
     }
 
     #[tokio::test]
