@@ -134,3 +134,27 @@ async fn redis_catalog_create_get_delete() {
     assert_eq!(redis.cli(&["EXISTS", &format!("{prefix}:vm:{id}")]), "0");
     assert!(qemus_under(&s.base).is_empty());
 }
+
+/// A qcow2 with no manifest beside it boots from its own bootloader (SeaBIOS → syslinux), as
+/// cloud images do: the tiny image's disk carries one.
+#[tokio::test]
+async fn a_plain_qcow2_boots_from_its_own_bootloader() {
+    let s = Service::start(Opts::default()).await;
+    let plain = s.base.join("plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    std::os::unix::fs::symlink(image_dir().join("disk.qcow2"), plain.join("disk.qcow2")).unwrap();
+    let (st, v) = s.post("/vms?wait=true", json!({"vcpus": 1, "mem_mib": 256, "disk_gib": 5, "base_image": plain.join("disk.qcow2")})).await;
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(v["state"], "running", "{v}\n{}", s.log());
+    let id = v["id"].as_str().unwrap();
+    let pid = s.qemu_pid(id).unwrap();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    assert!(!args.iter().any(|a| a == "-kernel"), "firmware boot must not pass a kernel: {args:?}");
+    let v = s.exec(id, "cat /etc/vm-id; cat /proc/cmdline").await;
+    assert_eq!(v["exit_code"], 0, "{v}");
+    assert!(v["stdout"].as_str().unwrap().starts_with(&format!("{id}\n")), "{v}");
+    let (st, _) = s.call(Method::DELETE, &format!("/vms/{id}"), None).await;
+    assert_eq!(st, 200);
+    assert!(!alive(pid));
+}
