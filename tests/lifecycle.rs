@@ -158,3 +158,41 @@ async fn a_plain_qcow2_boots_from_its_own_bootloader() {
     assert_eq!(st, 200);
     assert!(!alive(pid));
 }
+
+/// QEMU dying while the guest boots ends the boot at once: `error`, with QEMU's exit and the
+/// console tail in the reason; a `?wait=true` create answers with it.
+#[tokio::test]
+async fn qemu_dying_mid_boot_is_an_error_with_the_console_tail() {
+    let s = Service::start(Opts::default()).await;
+    let killed_at = std::sync::Mutex::new(None);
+    let create = s.post("/vms?wait=true", json!({"vcpus": 1, "mem_mib": 256, "disk_gib": 5}));
+    let killer = async {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            assert!(Instant::now() < deadline, "no booting guest seen:\n{}", s.log());
+            for entry in std::fs::read_dir(s.base.join("vms")).into_iter().flatten().flatten() {
+                let console = std::fs::read_to_string(entry.path().join("console.log")).unwrap_or_default();
+                let pid = std::fs::read_to_string(entry.path().join("qemu.pid")).ok().and_then(|p| p.trim().parse::<i32>().ok());
+                if let (Some(pid), true) = (pid, console.contains("Linux version")) {
+                    kill_pid(pid, 9);
+                    *killed_at.lock().unwrap() = Some(Instant::now());
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let ((st, v), ()) = tokio::join!(create, killer);
+    let after_kill = killed_at.lock().unwrap().expect("killed").elapsed();
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(v["state"], "error", "{v}");
+    let reason = v["error_reason"].as_str().unwrap_or("");
+    assert!(reason.contains("signal 9") || reason.contains("qemu exited during boot"), "{reason}");
+    let id = v["id"].as_str().unwrap();
+    let console = std::fs::read_to_string(s.base.join("vms").join(id).join("console.log")).unwrap();
+    let last = console.lines().rev().find(|l| !l.trim().is_empty()).unwrap();
+    assert!(reason.contains(last.trim()), "the console tail belongs in the reason: {reason}\nconsole ends with {last:?}");
+    assert!(after_kill < Duration::from_secs(2), "error noticed {after_kill:?} after the kill");
+    assert_eq!(v["ssh_port"], serde_json::Value::Null, "{v}");
+    assert!(qemus_under(&s.base).is_empty());
+}
