@@ -196,3 +196,31 @@ async fn qemu_dying_mid_boot_is_an_error_with_the_console_tail() {
     assert_eq!(v["ssh_port"], serde_json::Value::Null, "{v}");
     assert!(qemus_under(&s.base).is_empty());
 }
+
+/// A VM deleted while a `?wait=true` create waits for it: the create answers 404 at once
+/// instead of holding the caller for the whole boot timeout.
+#[tokio::test]
+async fn deleting_a_vm_releases_a_waiting_create() {
+    let s = Service::start(Opts::default()).await;
+    let deleted_at = std::sync::Mutex::new(None);
+    let create = s.post("/vms?wait=true", json!({"vcpus": 1, "mem_mib": 256, "disk_gib": 5}));
+    let deleter = async {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            assert!(Instant::now() < deadline, "no VM seen:\n{}", s.log());
+            let (_, all) = s.get("/vms").await;
+            if let Some(id) = all.as_array().and_then(|a| a.first()).and_then(|v| v["id"].as_str()) {
+                let (st, _) = s.call(Method::DELETE, &format!("/vms/{id}"), None).await;
+                assert_eq!(st, 200);
+                *deleted_at.lock().unwrap() = Some(Instant::now());
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let ((st, v), ()) = tokio::join!(create, deleter);
+    let after = deleted_at.lock().unwrap().expect("deleted").elapsed();
+    assert_eq!(st, 404, "{v}");
+    assert!(after < Duration::from_secs(2), "the waiting create answered {after:?} after the delete");
+    assert!(qemus_under(&s.base).is_empty());
+}

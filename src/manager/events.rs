@@ -24,11 +24,9 @@ impl Manager {
         tracing::info!(vm_id = %id, step, detail = detail.as_deref().unwrap_or(""), "vm step");
         let _ = self.events.send(Event { vm_id: id.into(), ts: now(), kind: "step", state: None, step: Some(step.into()), detail });
     }
-}
 
-impl Manager {
     /// Waits until `id` is no longer provisioning, at most `limit`, and returns its record
-    /// (still provisioning when the limit passed first).
+    /// (still provisioning when the limit passed first; NotFound when it was deleted meanwhile).
     pub async fn wait_settled(&self, id: &str, limit: std::time::Duration) -> super::Result<crate::model::VmRecord> {
         use tokio::sync::broadcast::error::RecvError;
         // Subscribe before reading the record, so a transition between the two is not missed.
@@ -42,7 +40,8 @@ impl Manager {
             let changed = async {
                 loop {
                     match rx.recv().await {
-                        Ok(e) if e.vm_id == id && e.kind == "state" => return true,
+                        // Any event of this VM (a delete is only a step) → read the record again.
+                        Ok(e) if e.vm_id == id => return true,
                         Ok(_) => {}
                         Err(RecvError::Lagged(_)) => return true,
                         Err(RecvError::Closed) => return false,
