@@ -57,6 +57,9 @@ pub struct VmRecord {
     pub host_key: Option<String>,
     #[serde(default)]
     pub no_egress: bool,
+    /// Epoch seconds after which the VM is deleted (create's `ttl_s`, or POST /vms/{id}/ttl).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<f64>,
 }
 
 fn de_state<'de, D: serde::Deserializer<'de>>(d: D) -> Result<VmState, D::Error> {
@@ -104,6 +107,9 @@ pub struct VmOut {
     pub updated_at: f64,
     pub booted_at: Option<f64>,
     pub error_reason: Option<String>,
+    /// Present only for a VM with a time to live: epoch seconds when it will be deleted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<f64>,
 }
 
 impl VmOut {
@@ -120,6 +126,7 @@ impl VmOut {
             updated_at: r.updated_at,
             booted_at: r.booted_at,
             error_reason: r.error_reason.clone(),
+            expires_at: r.expires_at,
         }
     }
 }
@@ -172,7 +179,7 @@ mod tests {
         let r = VmRecord {
             id: "a".into(), state: VmState::Stopped, workdir: "w".into(), vcpus: 1, mem_mib: 256, disk_gib: 5,
             ssh_port: Some(2222), ssh_user: None, key_ref: None, error_reason: None, created_at: 1.0, updated_at: 2.0,
-            booted_at: None, node: None, base_image: None, host_key: None, no_egress: false,
+            booted_at: None, node: None, base_image: None, host_key: None, no_egress: false, expires_at: None,
         };
         let s = serde_json::to_string(&r).expect("json");
         assert!(s.starts_with(r#"{"id":"a","state":"stopped","workdir":"w","vcpus":1,"mem_mib":256,"disk_gib":5,"ssh_port":2222,"ssh_user":null,"key_ref":null,"error_reason":null,"created_at":1.0,"updated_at":2.0"#), "{s}");

@@ -117,6 +117,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     let _ = mgr.sandbox.set(sandbox);
     mgr.adopt_all().await.context("resolving VMs found in the catalog")?;
+    mgr.spawn_reaper();
     {
         let m = mgr.clone();
         tokio::spawn(async move {

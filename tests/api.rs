@@ -45,6 +45,14 @@ async fn shapes(s: &Service) {
     let (st, v) = s.post("/vms/", json!({"vcpus": 1, "mem_mib": 256, "disk_gib": 5, "base_image": "no-such-image"})).await;
     assert_eq!(st, 422);
     assert_eq!(v["detail"][0]["loc"], json!(["body", "base_image"]));
+    let (st, v) = s.post("/vms", json!({"vcpus": 1, "mem_mib": 256, "disk_gib": 5, "ttl_s": 0})).await;
+    assert_eq!(st, 422, "{v}");
+    assert_eq!(v["detail"][0]["loc"], json!(["body", "ttl_s"]));
+    let (st, v) = s.post("/vms/5f0c5a1e-1d7e-4b43-9a8e-0c1f9b0f0a11/ttl", json!({"ttl_s": 60})).await;
+    assert_eq!(st, 404, "{v}");
+    let (st, v) = s.post("/vms/5f0c5a1e-1d7e-4b43-9a8e-0c1f9b0f0a11/ttl", json!({"ttl_s": "soon"})).await;
+    assert_eq!(st, 422, "{v}");
+    assert_eq!(v["detail"][0]["loc"], json!(["body", "ttl_s"]));
     let (st, v) = s.post("/vms?wait=soon", json!({"vcpus": 1, "mem_mib": 256, "disk_gib": 5})).await;
     assert_eq!(st, 422, "{v}");
     assert_eq!(v["detail"][0]["loc"], json!(["query", "wait"]));
@@ -155,7 +163,7 @@ fn record(id: &str) -> VmRecord {
     VmRecord {
         id: id.into(), state: VmState::Stopped, workdir: String::new(), vcpus: 0, mem_mib: 256, disk_gib: 5,
         ssh_port: None, ssh_user: None, key_ref: None, error_reason: None, created_at: 1.0, updated_at: 1.0,
-        booted_at: None, node: None, base_image: None, host_key: None, no_egress: false,
+        booted_at: None, node: None, base_image: None, host_key: None, no_egress: false, expires_at: None,
     }
 }
 

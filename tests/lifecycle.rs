@@ -224,3 +224,47 @@ async fn deleting_a_vm_releases_a_waiting_create() {
     assert!(after < Duration::from_secs(2), "the waiting create answered {after:?} after the delete");
     assert!(qemus_under(&s.base).is_empty());
 }
+
+/// A time to live: shown as `expires_at`, changed or cleared later, and when it runs out the
+/// VM is deleted (QEMU, files, record) with an `expired` step, also by a restarted service.
+#[tokio::test]
+async fn a_vm_past_its_ttl_is_deleted() {
+    let mut s = Service::start(Opts::default()).await;
+    let (st, v) = s.post("/vms?wait=true", json!({"vcpus": 1, "mem_mib": 256, "disk_gib": 5, "ttl_s": 600})).await;
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(v["state"], "running", "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let created = v["created_at"].as_f64().unwrap();
+    assert!((v["expires_at"].as_f64().unwrap() - (created + 600.0)).abs() < 1.0, "{v}");
+
+    let (st, v) = s.post(&format!("/vms/{id}/ttl"), json!({"ttl_s": null})).await;
+    assert_eq!(st, 200, "{v}");
+    assert!(v.get("expires_at").is_none(), "cleared: {v}");
+    let (_, v) = s.get(&format!("/vms/{id}")).await;
+    assert!(v.get("expires_at").is_none(), "{v}");
+
+    let pid = s.qemu_pid(&id).unwrap();
+    let (st, v) = s.post(&format!("/vms/{id}/ttl"), json!({"ttl_s": 3})).await;
+    assert_eq!(st, 200, "{v}");
+    let set_at = Instant::now();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!((v["expires_at"].as_f64().unwrap() - (now + 3.0)).abs() < 2.0, "{v}");
+    // The limit is in the record: a service restarted meanwhile still enforces it.
+    s.kill9();
+    s.spawn().await;
+    loop {
+        let (st, _) = s.get(&format!("/vms/{id}")).await;
+        if st == 404 {
+            break;
+        }
+        assert!(set_at.elapsed() < Duration::from_secs(20), "VM still there 20 s after a 3 s ttl:\n{}", s.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(set_at.elapsed() >= Duration::from_secs(2), "deleted before its ttl: {:?}", set_at.elapsed());
+    assert!(!alive(pid), "QEMU of an expired VM still runs");
+    assert!(!s.base.join("vms").join(&id).exists());
+    let log = s.log();
+    for step in ["\"ttl_set\"", "\"expired\""] {
+        assert!(log.lines().any(|l| l.contains(&id) && l.contains(step)), "no {step} step for {id}:\n{log}");
+    }
+}

@@ -42,7 +42,7 @@ pub const UPLOAD_BODY_LIMIT: usize = 256 * 1024 * 1024;
     info(title = "vm-service", description = "Ephemeral QEMU VMs behind a REST + WebSocket API"),
     paths(
         health::health,
-        vms::create, vms::list, vms::list_ids, vms::get_vm, vms::actions, vms::delete_vm,
+        vms::create, vms::list, vms::list_ids, vms::get_vm, vms::actions, vms::set_ttl, vms::delete_vm,
         files::upload_files, files::upload_file, files::list_dirs, files::read_file, files::create_dir,
         files::download_file, files::download_folder,
         search::search, exec::execute_sh, console::tail,
@@ -114,6 +114,7 @@ pub fn router(state: AppState) -> Router {
         .route("/vms/list/{vm_ids}", get(vms::list_ids))
         .route("/vms/{vm_id}", get(vms::get_vm).delete(vms::delete_vm))
         .route("/vms/{vm_id}/actions", post(vms::actions))
+        .route("/vms/{vm_id}/ttl", post(vms::set_ttl))
         .route("/vms/{vm_id}/list-dirs", post(files::list_dirs))
         .route("/vms/{vm_id}/read-file", post(files::read_file))
         .route("/vms/{vm_id}/create-dir", post(files::create_dir))

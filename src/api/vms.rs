@@ -1,4 +1,4 @@
-//! /vms lifecycle routes: create, list, batch get, get, actions, delete.
+//! /vms lifecycle routes: create, list, batch get, get, actions, ttl, delete.
 use super::error::{validation, ApiError};
 use super::json::{ApiJson, ApiQuery};
 use super::AppState;
@@ -24,6 +24,15 @@ pub struct VmCreate {
     /// No egress at all for the guest (QEMU user net restrict=on).
     #[serde(default)]
     pub no_egress: Option<bool>,
+    /// Delete the VM this many seconds after creation (1 … 30 days). Default: no limit.
+    #[serde(default)]
+    pub ttl_s: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct VmTtl {
+    /// Seconds from now until the VM is deleted (1 … 30 days); null removes the limit.
+    pub ttl_s: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -65,6 +74,7 @@ pub async fn create(State(st): State<AppState>, ApiQuery(q): ApiQuery<WaitQuery>
             base_image: body.base_image,
             timeout_boot_s: body.timeout_boot_s,
             no_egress: body.no_egress.unwrap_or(false),
+            ttl_s: body.ttl_s,
         })
         .await?;
     let rec = if q.wait { st.mgr.wait_settled(&rec.id, wait_limit(&st, body.timeout_boot_s)).await? } else { rec };
@@ -101,6 +111,12 @@ pub async fn actions(State(st): State<AppState>, Path(vm_id): Path<String>, ApiQ
     };
     let rec = if q.wait { st.mgr.wait_settled(&rec.id, wait_limit(&st, None)).await? } else { rec };
     Ok(Json(out(&st, &rec)))
+}
+
+#[utoipa::path(post, path = "/vms/{vm_id}/ttl", request_body = VmTtl,
+    responses((status = 200, body = VmOut, description = "the VM with its new `expires_at` (absent when cleared)"), (status = 404), (status = 422)))]
+pub async fn set_ttl(State(st): State<AppState>, Path(vm_id): Path<String>, ApiJson(body): ApiJson<VmTtl>) -> Result<Json<VmOut>, ApiError> {
+    Ok(Json(out(&st, &st.mgr.set_ttl(&vm_id, body.ttl_s).await?)))
 }
 
 #[utoipa::path(delete, path = "/vms/{vm_id}", responses((status = 200, body = VmOut, description = "the VM as it was before deletion"), (status = 404)))]

@@ -18,6 +18,8 @@ pub struct CreateSpec {
     pub base_image: Option<String>,
     pub timeout_boot_s: Option<u64>,
     pub no_egress: bool,
+    /// Seconds until the VM is deleted; None: no time limit.
+    pub ttl_s: Option<u64>,
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> ManagerError {
@@ -75,6 +77,9 @@ impl Manager {
         if spec.disk_gib < 5 || spec.disk_gib > c.max_disk_gib {
             return Err(invalid("disk_gib", format!("disk_gib must be between 5 and {}", c.max_disk_gib)));
         }
+        if let Some(ttl) = spec.ttl_s {
+            super::expiry::check_ttl(ttl).map_err(|m| invalid("ttl_s", m))?;
+        }
         Ok(())
     }
 
@@ -108,6 +113,7 @@ impl Manager {
             base_image: base,
             host_key: None,
             no_egress: spec.no_egress,
+            expires_at: spec.ttl_s.map(|s| t + s as f64),
         };
         if let Err(e) = self.catalog.put(rec.clone()).await {
             let _ = std::fs::remove_dir_all(&f.dir);

@@ -5,6 +5,7 @@
 pub mod boot;
 pub mod capacity;
 mod events;
+pub mod expiry;
 pub mod lifecycle;
 mod watch;
 
