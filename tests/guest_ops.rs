@@ -146,6 +146,19 @@ async fn exec(s: &Service, id: &str) {
     assert_eq!(v["stdout"], "first\n", "{v}");
     let v = s.exec(id, "pwd; echo \"leak=${LEAK:-}\"; sleep 2; echo done").await;
     assert_eq!(v["stdout"], "/root\nleak=\ndone\n", "{v}");
+    // cwd and env for one command; they do not stay either.
+    let url = format!("/vms/{id}/execute-sh");
+    let (_, v) = s.post(&url, json!({"command": "pwd; echo \"$A|$B_2\"", "cwd": "/etc", "env": {"A": "x 'y' $z", "B_2": ""}})).await;
+    assert_eq!(v["stdout"], "/etc\nx 'y' $z|\n", "{v}");
+    let v = s.exec(id, "pwd; echo \"a=${A:-unset}\"").await;
+    assert_eq!(v["stdout"], "/root\na=unset\n", "{v}");
+    let (_, v) = s.post(&url, json!({"command": "echo ran", "cwd": "/no/such dir"})).await;
+    assert_eq!((v["ok"].clone(), v["exit_code"].clone(), v["stdout"].clone()), (json!(true), json!(1), json!("")), "{v}");
+    assert!(v["stderr"].as_str().unwrap().contains("/no/such dir"), "{v}");
+    let (_, v) = s.post(&url, json!({"command": "echo ran", "env": {"A;touch /tmp/pwned": "v"}})).await;
+    assert_eq!(v["ok"], false, "{v}");
+    assert!(v["reason"].as_str().unwrap().contains("env:"), "{v}");
+    assert_eq!(s.exec(id, "ls /tmp/pwned 2>/dev/null | wc -l").await["stdout"], "0\n");
     let v = s.exec(id, "echo a\u{0}b").await;
     assert_eq!((v["ok"].clone(), v["reason"].as_str().unwrap().contains("NUL")), (json!(false), true), "{v}");
     let v = s.exec(id, "exit 7").await;

@@ -30,9 +30,19 @@ async fn lifecycle_end_to_end() {
     assert_eq!(both[0]["id"], b.as_str());
     assert_eq!(both[1]["id"], a.as_str());
 
-    // kill -9 of QEMU is noticed within 2 s.
+    // kill -9 of QEMU is noticed within 2 s; a command running at that moment answers
+    // ok:false (its outcome is unknown), not a silent empty success.
     let pid_b = s.qemu_pid(&b).unwrap();
-    kill_pid(pid_b, 9);
+    let exec_url = format!("/vms/{b}/execute-sh");
+    let running = s.post(&exec_url, json!({"command": "sleep 30; echo never"}));
+    let killer = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        kill_pid(pid_b, 9);
+    };
+    let ((st, ex), ()) = tokio::join!(running, killer);
+    assert_eq!(st, 200);
+    assert_eq!(ex["ok"], false, "{ex}");
+    assert!(ex["reason"].as_str().unwrap().contains("closed while the command ran"), "{ex}");
     let t = Instant::now();
     loop {
         let (_, r) = s.get(&format!("/vms/{b}")).await;

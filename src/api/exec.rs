@@ -18,6 +18,12 @@ pub struct VmSh {
     /// at most EXEC_MAX_TIMEOUT_S).
     #[serde(default)]
     pub timeout: Option<f64>,
+    /// Directory to run in (taken literally; relative to the user's home). Default: home.
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Variables exported for this command only.
+    #[serde(default)]
+    pub env: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -71,9 +77,14 @@ pub async fn execute_sh(State(st): State<AppState>, Path(vm_id): Path<String>, A
     if body.command.contains('\0') {
         return Json(fail("could not run the command: it contains a NUL byte, which no shell can take".into()));
     }
+    let env: Vec<(String, String)> = body.env.unwrap_or_default().into_iter().collect();
+    let command = match exec::with_context(&body.command, body.cwd.as_deref(), &env) {
+        Ok(c) => c,
+        Err(e) => return Json(fail(format!("could not run the command: {e}"))),
+    };
     let cfg = &st.mgr.cfg;
     let secs = body.timeout.filter(|t| t.is_finite() && *t > 0.0).unwrap_or(cfg.exec_timeout_s as f64).min(cfg.exec_max_timeout_s as f64);
-    match exec::run(&pool, &body.command, Duration::from_secs_f64(secs), OUTPUT_CAP).await {
+    match exec::run(&pool, &command, Duration::from_secs_f64(secs), OUTPUT_CAP).await {
         Err(e) => Json(fail(format!("could not run the command: {e}"))),
         Ok(o) => {
             let (stdout, stdout_encoding) = text(o.stdout);

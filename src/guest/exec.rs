@@ -72,6 +72,7 @@ pub async fn run(pool: &Pool, command: &str, timeout: Duration, cap: usize) -> R
         match super::runner::run(pool, pool.runners(), command, timeout, cap).await {
             super::runner::RunOutcome::Ran(out) => return Ok(out),
             super::runner::RunOutcome::NotStarted(e) => tracing::debug!(error = %e, "runner unavailable; plain SSH exec"),
+            super::runner::RunOutcome::Lost(e) => return Err(e),
         }
     }
     run_plain(pool, command, timeout, cap).await
@@ -141,6 +142,31 @@ pub async fn run_checked(pool: &Pool, command: &str, timeout: Duration) -> Resul
     }
 }
 
+/// `command` preceded by a change of directory and exported variables, for the guest's
+/// shell; Err names what is wrong with `cwd` or `env`. A missing directory fails the command
+/// the way `cd` does (exit 1, bash's message on stderr).
+pub fn with_context(command: &str, cwd: Option<&str>, env: &[(String, String)]) -> Result<String, String> {
+    let mut prefix = String::new();
+    if let Some(dir) = cwd {
+        if dir.is_empty() || dir.contains('\0') {
+            return Err("cwd must be a non-empty path without NUL bytes".into());
+        }
+        prefix.push_str(&format!("cd -- {} || exit 1\n", crate::util::shell_quote(dir)));
+    }
+    for (name, value) in env {
+        let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(format!("env: {name:?} is not a valid variable name (letters, digits, _; not starting with a digit)"));
+        }
+        if value.contains('\0') {
+            return Err(format!("env: the value of {name} contains a NUL byte"));
+        }
+        prefix.push_str(&format!("export {name}={}\n", crate::util::shell_quote(value)));
+    }
+    Ok(prefix + command)
+}
+
 /// The original's `reason`: "Result: <stdout>\nError: <stderr>", each part only when not
 /// blank, the whole trimmed.
 pub fn legacy_reason(stdout: &str, stderr: &str) -> String {
@@ -161,6 +187,19 @@ pub fn legacy_reason(stdout: &str, stderr: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn context_prefix_is_quoted_and_names_are_checked() {
+        let env = vec![("A_1".to_string(), "x 'y' $z".to_string())];
+        let c = with_context("pwd", Some("/tmp/a b"), &env).unwrap();
+        assert_eq!(c, "cd -- '/tmp/a b' || exit 1\nexport A_1='x '\\''y'\\'' $z'\npwd");
+        assert_eq!(with_context("true", None, &[]).unwrap(), "true");
+        for bad in ["1A", "A-B", "", "A;rm"] {
+            let e = with_context("true", None, &[(bad.to_string(), "v".to_string())]).unwrap_err();
+            assert!(e.starts_with("env:"), "{e}");
+        }
+        assert!(with_context("true", Some(""), &[]).is_err());
+    }
 
     #[test]
     fn legacy_reason_matches_the_original_format() {

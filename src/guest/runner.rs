@@ -100,11 +100,14 @@ async fn start(pool: &Pool) -> Result<Runner, GuestError> {
     Ok(Runner { channel, _pool_permit: permit })
 }
 
-/// Outcome of a runner call: Ran (the command started; output as far as known) or
-/// NotStarted (nothing ran: the caller may use another path).
+/// Outcome of a runner call: Ran (the command finished or was timed out), NotStarted
+/// (nothing ran: the caller may use another path) or Lost (it started, then the connection
+/// went away — the VM stopped or rebooted — so its outcome is unknown and it must not be
+/// run again).
 pub enum RunOutcome {
     Ran(ExecOutput),
     NotStarted(GuestError),
+    Lost(GuestError),
 }
 
 /// Runs `command` on one of the VM's runners.
@@ -164,7 +167,10 @@ pub async fn run(pool: &Pool, runners: &Runners, command: &str, timeout: Duratio
             Ok(None) => {
                 return match pid {
                     None => RunOutcome::NotStarted(GuestError::Ssh("the runner closed before the command started".into())),
-                    Some(_) => RunOutcome::Ran(ExecOutput { exit_code: None, ..partial(so, se, cap, killed) }),
+                    Some(_) if killed => RunOutcome::Ran(partial(so, se, cap, true)),
+                    Some(_) => RunOutcome::Lost(GuestError::Ssh(
+                        "the guest's SSH connection closed while the command ran (VM stopped or rebooted?); its outcome is unknown".into(),
+                    )),
                 };
             }
             Err(_) if !killed => {
