@@ -33,16 +33,21 @@ async fn lifecycle_end_to_end() {
     // kill -9 of QEMU is noticed within 2 s; a command running at that moment answers
     // ok:false (its outcome is unknown), not a silent empty success.
     let pid_b = s.qemu_pid(&b).unwrap();
+    // The same for a search still walking the guest (grep -R / runs for many seconds there).
     let exec_url = format!("/vms/{b}/execute-sh");
+    let search_url = format!("/vms/{b}/search");
     let running = s.post(&exec_url, json!({"command": "sleep 30; echo never"}));
+    let searching = s.post(&search_url, json!({"pattern": "zzzz-no-such-text", "root": "/", "timeout_seconds": 60}));
     let killer = async {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         kill_pid(pid_b, 9);
     };
-    let ((st, ex), ()) = tokio::join!(running, killer);
+    let ((st, ex), (sst, sv), ()) = tokio::join!(running, searching, killer);
     assert_eq!(st, 200);
     assert_eq!(ex["ok"], false, "{ex}");
     assert!(ex["reason"].as_str().unwrap().contains("closed while the command ran"), "{ex}");
+    assert_eq!(sst, 502, "a search cut short must not look like 'no matches': {sv}");
+    assert!(sv["detail"].as_str().unwrap_or("").contains("closed during the search"), "{sv}");
     let t = Instant::now();
     loop {
         let (_, r) = s.get(&format!("/vms/{b}")).await;

@@ -71,8 +71,12 @@ pub async fn run(pool: &Pool, spec: &SearchSpec) -> Result<Vec<SearchHit>, Guest
     let mut total = 0usize;
     let mut pending: Vec<u8> = Vec::new();
     let mut stopped_early = false;
+    let mut exited = false;
     let read = async {
         while let Some(msg) = lease.channel.wait().await {
+            if let ChannelMsg::ExitStatus { .. } = msg {
+                exited = true;
+            }
             if let ChannelMsg::Data { data } = msg {
                 pending.extend_from_slice(&data);
                 while let Some(nl) = pending.iter().position(|b| *b == b'\n') {
@@ -96,6 +100,10 @@ pub async fn run(pool: &Pool, spec: &SearchSpec) -> Result<Vec<SearchHit>, Guest
         let _ = lease.channel.close().await;
         drop(lease);
         kill_marked(pool, &marker).await;
+    } else if !exited {
+        // The channel ended without grep's exit status: the connection went away mid-search,
+        // so the hits are not the whole answer.
+        return Err(GuestError::Ssh("the guest's SSH connection closed during the search (VM stopped or rebooted?)".into()));
     }
     Ok(hits)
 }
