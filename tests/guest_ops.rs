@@ -375,10 +375,79 @@ async fn guest_operations_end_to_end() {
     drop(late);
 
     exec(&s, &id).await;
+    exec_stream(&s, &id).await;
     files(&s, &id).await;
     tty(&s, &id).await;
     metrics(&s, &id).await;
     logs(&s, &id);
+}
+
+/// Reads a Server-Sent Events response: (arrival time since `t0`, event, data).
+async fn read_sse(r: reqwest::Response, t0: Instant) -> Vec<(Duration, String, serde_json::Value)> {
+    let mut events = vec![];
+    let mut buf = String::new();
+    let mut body = r.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        buf.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let kind = block.lines().find_map(|l| l.strip_prefix("event: ")).unwrap_or("");
+            let data = block.lines().find_map(|l| l.strip_prefix("data: ")).unwrap_or("null");
+            if !kind.is_empty() {
+                events.push((t0.elapsed(), kind.to_string(), serde_json::from_str(data).unwrap()));
+            }
+        }
+    }
+    events
+}
+
+async fn exec_stream(s: &Service, id: &str) {
+    let url = s.url(&format!("/vms/{id}/execute-sh/stream"));
+    // Output arrives while the command runs; a UTF-8 character split across two writes
+    // comes out whole; stderr apart; the exit code last.
+    let t0 = Instant::now();
+    let cmd = "for i in 1 2 3; do echo $i; sleep 0.5; done; printf 'caf\\303'; printf '\\251\\n'; echo oops >&2; exit 3";
+    let r = s.client.post(&url).bearer_auth(TOKEN).json(&json!({"command": cmd})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let ev = read_sse(r, t0).await;
+    let text = |kind: &str| ev.iter().filter(|e| e.1 == kind).map(|e| e.2["text"].as_str().unwrap_or("?").to_string()).collect::<String>();
+    assert_eq!(text("stdout"), "1\n2\n3\ncafé\n", "{ev:?}");
+    assert_eq!(text("stderr"), "oops\n", "{ev:?}");
+    let last = ev.last().unwrap();
+    assert_eq!((last.1.as_str(), last.2["exit_code"].clone(), last.2["timed_out"].clone()), ("exit", json!(3), json!(false)), "{ev:?}");
+    let first_out = ev.iter().find(|e| e.1 == "stdout").unwrap().0;
+    assert!(last.0 - first_out > Duration::from_millis(800), "output was not streamed: first at {first_out:?}, exit at {:?}", last.0);
+
+    // A timeout kills the command and says so.
+    let t0 = Instant::now();
+    let r = s.client.post(&url).bearer_auth(TOKEN).json(&json!({"command": "sleep 30; echo never", "timeout": 1})).send().await.unwrap();
+    let ev = read_sse(r, t0).await;
+    let last = ev.last().unwrap();
+    assert_eq!((last.1.as_str(), last.2["timed_out"].clone()), ("exit", json!(true)), "{ev:?}");
+    assert!(last.0 < Duration::from_secs(6), "timeout took {:?}", last.0);
+
+    // A client that goes away takes its command with it.
+    let r = s.client.post(&url).bearer_auth(TOKEN).json(&json!({"command": "sleep 77; echo never"})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(r);
+    let count = "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done | grep -c '^sleep 77 ' || true";
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let v = s.exec(id, count).await;
+        if v["stdout"] == "0\n" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sleep 77 still runs after its client left: {v}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // Bad input is refused before anything runs.
+    let (st, v) = s.post(&format!("/vms/{id}/execute-sh/stream"), json!({"command": "true", "env": {"1X": "v"}})).await;
+    assert_eq!(st, 422, "{v}");
+    assert_eq!(v["detail"][0]["loc"], json!(["body", "env"]));
+    let (st, _) = s.post("/vms/5f0c5a1e-1d7e-4b43-9a8e-0c1f9b0f0a11/execute-sh/stream", json!({"command": "true"})).await;
+    assert_eq!(st, 404);
 }
 
 /// JSON log lines: every span of a request on a VM route and every VM step carries the

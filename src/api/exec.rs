@@ -1,5 +1,6 @@
 //! POST /vms/{vm_id}/execute-sh — always 200 (the platform client turns any non-2xx into
 //! a failure): `{ok, reason}` as the original plus stdout, stderr, exit_code, timed_out.
+//! POST /vms/{vm_id}/execute-sh/stream — the same request, output as Server-Sent Events.
 use super::json::ApiJson;
 use super::AppState;
 use crate::guest::exec::{self, OUTPUT_CAP};
@@ -107,4 +108,86 @@ pub async fn execute_sh(State(st): State<AppState>, Path(vm_id): Path<String>, A
             })
         }
     }
+}
+
+/// Data of a `stdout`/`stderr` event: `text` when the bytes are UTF-8 (a character split
+/// between chunks is held back for the next event), else `b64`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StreamData {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub b64: Option<String>,
+}
+
+fn stream_data(carry: &mut Vec<u8>, bytes: &[u8]) -> Option<StreamData> {
+    match crate::guest::stream::utf8_piece(carry, bytes) {
+        Ok(t) if t.is_empty() => None,
+        Ok(t) => Some(StreamData { text: Some(t), b64: None }),
+        Err(raw) => Some(StreamData { text: None, b64: Some(base64::engine::general_purpose::STANDARD.encode(raw)) }),
+    }
+}
+
+fn sse(kind: &str, data: &impl Serialize) -> axum::response::sse::Event {
+    axum::response::sse::Event::default().event(kind).data(serde_json::to_string(data).unwrap_or_default())
+}
+
+#[utoipa::path(post, path = "/vms/{vm_id}/execute-sh/stream", request_body = VmSh, responses(
+    (status = 200, description = "text/event-stream: `stdout` and `stderr` events (`{text}` or `{b64}`) as the command writes, \
+then one `exit` (`{exit_code, signal, timed_out}`) or `error` (`{detail}`) event. Closing the stream kills the command."),
+    (status = 404), (status = 409), (status = 422)))]
+pub async fn execute_stream(
+    State(st): State<AppState>,
+    Path(vm_id): Path<String>,
+    ApiJson(body): ApiJson<VmSh>,
+) -> Result<axum::response::sse::Sse<impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>>, super::error::ApiError> {
+    use crate::guest::stream::Chunk;
+    use super::error::validation;
+    let pool = st.mgr.pool(&vm_id).await?;
+    if body.command.contains('\0') {
+        return Err(validation(&["body", "command"], "the command contains a NUL byte, which no shell can take"));
+    }
+    let env: Vec<(String, String)> = body.env.unwrap_or_default().into_iter().collect();
+    let command = exec::with_context(&body.command, body.cwd.as_deref(), &env).map_err(|e| {
+        let field = if e.starts_with("env") { "env" } else { "cwd" };
+        validation(&["body", field], e)
+    })?;
+    let cfg = &st.mgr.cfg;
+    let secs = body.timeout.filter(|t| t.is_finite() && *t > 0.0).unwrap_or(cfg.exec_timeout_s as f64).min(cfg.exec_max_timeout_s as f64);
+    let rx = crate::guest::stream::start(pool, &command, Duration::from_secs_f64(secs)).await.map_err(ManagerError::from)?;
+    struct State {
+        rx: tokio::sync::mpsc::Receiver<Chunk>,
+        out_carry: Vec<u8>,
+        err_carry: Vec<u8>,
+        pending: std::collections::VecDeque<axum::response::sse::Event>,
+    }
+    let start = State { rx, out_carry: Vec::new(), err_carry: Vec::new(), pending: Default::default() };
+    let events = futures::stream::unfold(start, |mut s| async move {
+        loop {
+            if let Some(ev) = s.pending.pop_front() {
+                return Some((Ok(ev), s));
+            }
+            let end = match s.rx.recv().await? {
+                Chunk::Stdout(b) => {
+                    s.pending.extend(stream_data(&mut s.out_carry, &b).map(|d| sse("stdout", &d)));
+                    continue;
+                }
+                Chunk::Stderr(b) => {
+                    s.pending.extend(stream_data(&mut s.err_carry, &b).map(|d| sse("stderr", &d)));
+                    continue;
+                }
+                Chunk::Exit { exit_code, signal, timed_out } => sse("exit", &serde_json::json!({ "exit_code": exit_code, "signal": signal, "timed_out": timed_out })),
+                Chunk::Lost(detail) => sse("error", &serde_json::json!({ "detail": detail })),
+            };
+            // A character left incomplete at the very end goes out as raw bytes.
+            for (kind, carry) in [("stdout", &mut s.out_carry), ("stderr", &mut s.err_carry)] {
+                if !carry.is_empty() {
+                    let raw = std::mem::take(carry);
+                    s.pending.push_back(sse(kind, &StreamData { text: None, b64: Some(base64::engine::general_purpose::STANDARD.encode(raw)) }));
+                }
+            }
+            s.pending.push_back(end);
+        }
+    });
+    Ok(axum::response::sse::Sse::new(events).keep_alive(axum::response::sse::KeepAlive::default()))
 }

@@ -45,7 +45,7 @@ pub const UPLOAD_BODY_LIMIT: usize = 256 * 1024 * 1024;
         vms::create, vms::list, vms::list_ids, vms::get_vm, vms::actions, vms::set_ttl, vms::delete_vm,
         files::upload_files, files::upload_file, files::list_dirs, files::read_file, files::create_dir,
         files::download_file, files::download_folder,
-        search::search, exec::execute_sh, console::tail,
+        search::search, exec::execute_sh, exec::execute_stream, console::tail,
         metrics::vm_metrics, metrics::prometheus,
         events::vm_events, events::all_events, tty::tty,
     ),
@@ -122,6 +122,7 @@ pub fn router(state: AppState) -> Router {
         .route("/vms/{vm_id}/download-folder", get(files::download_folder))
         .route("/vms/{vm_id}/search", post(search::search))
         .route("/vms/{vm_id}/execute-sh", post(exec::execute_sh))
+        .route("/vms/{vm_id}/execute-sh/stream", post(exec::execute_stream))
         .route("/vms/{vm_id}/console/tail", get(console::tail))
         .route("/vms/{vm_id}/events", get(events::vm_events))
         .route("/vms/{vm_id}/tty", get(tty::tty))

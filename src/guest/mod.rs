@@ -8,6 +8,7 @@ pub mod pty;
 pub mod runner;
 pub mod search;
 pub mod sftp;
+pub mod stream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
