@@ -382,21 +382,12 @@ async fn guest_operations_end_to_end() {
     logs(&s, &id);
 }
 
-/// Reads a Server-Sent Events response: (arrival time since `t0`, event, data).
+/// Reads a Server-Sent Events response to its end: (arrival time since `t0`, event, data).
 async fn read_sse(r: reqwest::Response, t0: Instant) -> Vec<(Duration, String, serde_json::Value)> {
     let mut events = vec![];
-    let mut buf = String::new();
-    let mut body = r.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        buf.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
-        while let Some(end) = buf.find("\n\n") {
-            let block: String = buf.drain(..end + 2).collect();
-            let kind = block.lines().find_map(|l| l.strip_prefix("event: ")).unwrap_or("");
-            let data = block.lines().find_map(|l| l.strip_prefix("data: ")).unwrap_or("null");
-            if !kind.is_empty() {
-                events.push((t0.elapsed(), kind.to_string(), serde_json::from_str(data).unwrap()));
-            }
-        }
+    let mut sse = SseReader::new(r);
+    while let Some((kind, data)) = sse.next().await {
+        events.push((t0.elapsed(), kind, data));
     }
     events
 }

@@ -283,3 +283,44 @@ async fn a_vm_past_its_ttl_is_deleted() {
         assert!(log.lines().any(|l| l.contains(&id) && l.contains(step)), "no {step} step for {id}:\n{log}");
     }
 }
+
+/// The serial console as a stream: a client subscribed right after the create sees the
+/// boot as it happens (kernel first, the init's marker seconds later), and the stream ends
+/// when the VM is deleted.
+#[tokio::test]
+async fn console_stream_follows_the_boot_and_ends_with_the_vm() {
+    let s = Service::start(Opts::default()).await;
+    let id = s.create_vm().await;
+    let r = s.client.get(s.url(&format!("/vms/{id}/console/stream"))).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let mut sse = SseReader::new(r);
+    let (mut text, mut kernel_at, mut marker_at) = (String::new(), None, None);
+    let t0 = Instant::now();
+    while marker_at.is_none() {
+        let (kind, data) = tokio::time::timeout(Duration::from_secs(180), sse.next()).await.expect("console went quiet").expect("stream ended");
+        match kind.as_str() {
+            "console" => text.push_str(data["text"].as_str().unwrap_or("")),
+            "reset" => text.clear(),
+            other => panic!("unexpected event {other}: {data}"),
+        }
+        if kernel_at.is_none() && text.contains("Linux version") {
+            kernel_at = Some(t0.elapsed());
+        }
+        if text.contains("rcS done") {
+            marker_at = Some(t0.elapsed());
+        }
+    }
+    let (k, m) = (kernel_at.expect("kernel banner"), marker_at.unwrap());
+    assert!(m > k + Duration::from_millis(500), "the boot arrived all at once (kernel {k:?}, marker {m:?}), not as it happened");
+    assert!(text.find("Linux version") < text.find("rcS done"));
+    assert_eq!(s.wait_settled(&id).await["state"], "running");
+    let (st, _) = s.call(Method::DELETE, &format!("/vms/{id}"), None).await;
+    assert_eq!(st, 200);
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        while sse.next().await.is_some() {}
+    })
+    .await;
+    assert!(end.is_ok(), "the console stream did not end after the delete");
+    let (st, _) = s.get(&format!("/vms/{id}/console/stream")).await;
+    assert_eq!(st, 404);
+}

@@ -2,6 +2,7 @@
 //! a failure): `{ok, reason}` as the original plus stdout, stderr, exit_code, timed_out.
 //! POST /vms/{vm_id}/execute-sh/stream — the same request, output as Server-Sent Events.
 use super::json::ApiJson;
+use super::sse;
 use super::AppState;
 use crate::guest::exec::{self, OUTPUT_CAP};
 use crate::manager::ManagerError;
@@ -110,28 +111,6 @@ pub async fn execute_sh(State(st): State<AppState>, Path(vm_id): Path<String>, A
     }
 }
 
-/// Data of a `stdout`/`stderr` event: `text` when the bytes are UTF-8 (a character split
-/// between chunks is held back for the next event), else `b64`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct StreamData {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub text: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub b64: Option<String>,
-}
-
-fn stream_data(carry: &mut Vec<u8>, bytes: &[u8]) -> Option<StreamData> {
-    match crate::guest::stream::utf8_piece(carry, bytes) {
-        Ok(t) if t.is_empty() => None,
-        Ok(t) => Some(StreamData { text: Some(t), b64: None }),
-        Err(raw) => Some(StreamData { text: None, b64: Some(base64::engine::general_purpose::STANDARD.encode(raw)) }),
-    }
-}
-
-fn sse(kind: &str, data: &impl Serialize) -> axum::response::sse::Event {
-    axum::response::sse::Event::default().event(kind).data(serde_json::to_string(data).unwrap_or_default())
-}
-
 #[utoipa::path(post, path = "/vms/{vm_id}/execute-sh/stream", request_body = VmSh, responses(
     (status = 200, description = "text/event-stream: `stdout` and `stderr` events (`{text}` or `{b64}`) as the command writes, \
 then one `exit` (`{exit_code, signal, timed_out}`) or `error` (`{detail}`) event. Closing the stream kills the command."),
@@ -159,7 +138,7 @@ pub async fn execute_stream(
         rx: tokio::sync::mpsc::Receiver<Chunk>,
         out_carry: Vec<u8>,
         err_carry: Vec<u8>,
-        pending: std::collections::VecDeque<axum::response::sse::Event>,
+        pending: std::collections::VecDeque<sse::Event>,
     }
     let start = State { rx, out_carry: Vec::new(), err_carry: Vec::new(), pending: Default::default() };
     let events = futures::stream::unfold(start, |mut s| async move {
@@ -169,21 +148,21 @@ pub async fn execute_stream(
             }
             let end = match s.rx.recv().await? {
                 Chunk::Stdout(b) => {
-                    s.pending.extend(stream_data(&mut s.out_carry, &b).map(|d| sse("stdout", &d)));
+                    s.pending.extend(sse::piece(&mut s.out_carry, &b).map(|d| sse::event("stdout", &d)));
                     continue;
                 }
                 Chunk::Stderr(b) => {
-                    s.pending.extend(stream_data(&mut s.err_carry, &b).map(|d| sse("stderr", &d)));
+                    s.pending.extend(sse::piece(&mut s.err_carry, &b).map(|d| sse::event("stderr", &d)));
                     continue;
                 }
-                Chunk::Exit { exit_code, signal, timed_out } => sse("exit", &serde_json::json!({ "exit_code": exit_code, "signal": signal, "timed_out": timed_out })),
-                Chunk::Lost(detail) => sse("error", &serde_json::json!({ "detail": detail })),
+                Chunk::Exit { exit_code, signal, timed_out } => sse::event("exit", &serde_json::json!({ "exit_code": exit_code, "signal": signal, "timed_out": timed_out })),
+                Chunk::Lost(detail) => sse::event("error", &serde_json::json!({ "detail": detail })),
             };
             // A character left incomplete at the very end goes out as raw bytes.
             for (kind, carry) in [("stdout", &mut s.out_carry), ("stderr", &mut s.err_carry)] {
                 if !carry.is_empty() {
                     let raw = std::mem::take(carry);
-                    s.pending.push_back(sse(kind, &StreamData { text: None, b64: Some(base64::engine::general_purpose::STANDARD.encode(raw)) }));
+                    s.pending.push_back(sse::event(kind, &sse::StreamData::raw(&raw)));
                 }
             }
             s.pending.push_back(end);

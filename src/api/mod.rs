@@ -10,6 +10,7 @@ pub mod json;
 pub mod metrics;
 pub mod openapi;
 pub mod search;
+pub mod sse;
 pub mod tty;
 pub mod vms;
 
@@ -45,7 +46,7 @@ pub const UPLOAD_BODY_LIMIT: usize = 256 * 1024 * 1024;
         vms::create, vms::list, vms::list_ids, vms::get_vm, vms::actions, vms::set_ttl, vms::delete_vm,
         files::upload_files, files::upload_file, files::list_dirs, files::read_file, files::create_dir,
         files::download_file, files::download_folder,
-        search::search, exec::execute_sh, exec::execute_stream, console::tail,
+        search::search, exec::execute_sh, exec::execute_stream, console::tail, console::stream,
         metrics::vm_metrics, metrics::prometheus,
         events::vm_events, events::all_events, tty::tty,
     ),
@@ -124,6 +125,7 @@ pub fn router(state: AppState) -> Router {
         .route("/vms/{vm_id}/execute-sh", post(exec::execute_sh))
         .route("/vms/{vm_id}/execute-sh/stream", post(exec::execute_stream))
         .route("/vms/{vm_id}/console/tail", get(console::tail))
+        .route("/vms/{vm_id}/console/stream", get(console::stream))
         .route("/vms/{vm_id}/events", get(events::vm_events))
         .route("/vms/{vm_id}/tty", get(tty::tty))
         .route("/events", get(events::all_events))

@@ -283,3 +283,32 @@ pub fn is_root() -> bool {
         .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
         .unwrap_or(false)
 }
+
+/// Reads a Server-Sent Events response event by event: (event name, JSON data).
+pub struct SseReader {
+    body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buf: String,
+}
+
+impl SseReader {
+    pub fn new(r: reqwest::Response) -> SseReader {
+        SseReader { body: Box::pin(r.bytes_stream()), buf: String::new() }
+    }
+
+    /// The next named event; None when the stream ends.
+    pub async fn next(&mut self) -> Option<(String, Value)> {
+        use futures::StreamExt;
+        loop {
+            while let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let kind = block.lines().find_map(|l| l.strip_prefix("event: ")).unwrap_or("");
+                let data = block.lines().find_map(|l| l.strip_prefix("data: ")).unwrap_or("null");
+                if !kind.is_empty() {
+                    return Some((kind.to_string(), serde_json::from_str(data).unwrap()));
+                }
+            }
+            let chunk = self.body.next().await?.ok()?;
+            self.buf.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+}
