@@ -91,6 +91,9 @@ impl Manager {
     /// Boots the VM and waits until it is reachable; the caller holds the VM's op lock.
     pub(crate) async fn boot(self: &Arc<Self>, id: &str, cancel: CancellationToken) -> Result<()> {
         let started = Instant::now();
+        if cancel.is_cancelled() {
+            return Err(ManagerError::Busy("boot cancelled by a stop or delete".into()));
+        }
         let rec = self.get(id).await?;
         let f = self.files(id);
         let image = BaseImage::resolve(rec.base_image.as_deref().unwrap_or(&self.cfg.base_image), &self.cfg.images_dir())?;
@@ -140,6 +143,10 @@ impl Manager {
                 return Err(e.into());
             }
         };
+        if cancel.is_cancelled() {
+            self.ports.release(port);
+            return Err(ManagerError::Busy("boot cancelled by a stop or delete".into()));
+        }
         let child = match process::spawn(&argv, &f.qemu_log, self.cfg.run_as) {
             Ok(c) => c,
             Err(e) => {

@@ -41,6 +41,16 @@ impl Manager {
     }
 
     /// Cancels an in-flight boot and waits for the VM's op lock.
+    /// `try_op` for an operation that boots: its cancel token is in place from the moment
+    /// the lock is held, so a stop/delete arriving before the boot task runs still cancels it
+    /// (instead of waiting for a whole boot).
+    fn try_boot_op(&self, slot: &Arc<Slot>, name: &'static str) -> Result<(OwnedMutexGuard<()>, CancellationToken)> {
+        let guard = self.try_op(slot, name)?;
+        let cancel = CancellationToken::new();
+        *slot.cancel.lock().unwrap_or_else(|p| p.into_inner()) = Some(cancel.clone());
+        Ok((guard, cancel))
+    }
+
     async fn preempt(&self, slot: &Arc<Slot>, name: &'static str) -> OwnedMutexGuard<()> {
         if let Some(c) = slot.cancel.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             c.cancel();
@@ -93,6 +103,10 @@ impl Manager {
         let id = uuid::Uuid::new_v4().to_string();
         tracing::Span::current().record("vm_id", id.as_str());
         let f = self.files(&id);
+        // Held before the record exists: no other operation can come between the create and
+        // its boot.
+        let slot = self.slot(&id);
+        let (guard, cancel) = self.try_boot_op(&slot, "create")?;
         std::fs::create_dir_all(&f.dir).map_err(|e| ManagerError::Internal(format!("creating {}: {e}", f.dir.display())))?;
         let t = now();
         let rec = VmRecord {
@@ -120,18 +134,14 @@ impl Manager {
             return Err(e.into());
         }
         self.emit_state(&id, VmState::Provisioning, Some("created".into()));
-        let slot = self.slot(&id);
-        let guard = self.try_op(&slot, "create")?;
-        self.spawn_boot(&id, guard, spec.timeout_boot_s, Some(t0));
+        self.spawn_boot(&id, guard, cancel, spec.timeout_boot_s, Some(t0));
         Ok(self.get(&id).await.unwrap_or(rec))
     }
 
-    fn spawn_boot(self: &Arc<Self>, id: &str, guard: OwnedMutexGuard<()>, timeout_override: Option<u64>, t0: Option<Instant>) {
+    fn spawn_boot(self: &Arc<Self>, id: &str, guard: OwnedMutexGuard<()>, cancel: CancellationToken, timeout_override: Option<u64>, t0: Option<Instant>) {
         let me = self.clone();
         let id = id.to_string();
         let slot = self.slot(&id);
-        let cancel = CancellationToken::new();
-        *slot.cancel.lock().unwrap_or_else(|p| p.into_inner()) = Some(cancel.clone());
         let span = tracing::info_span!("vm", vm_id = %id);
         tokio::spawn(tracing::Instrument::instrument(async move {
             let _guard = guard;
@@ -159,16 +169,20 @@ impl Manager {
     }
 
     async fn boot_with_timeout(self: &Arc<Self>, id: &str, cancel: CancellationToken, secs: u64) -> Result<()> {
-        // A per-VM boot timeout: cancel the boot when it runs out.
-        let c2 = cancel.clone();
+        // A per-VM boot timeout cancels a child of the op's token, so a boot that ran out of
+        // time is told apart from one a stop or delete cancelled.
+        let run = cancel.child_token();
+        let fired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (timer_tok, timer_fired) = (run.clone(), fired.clone());
         let timer = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(secs.max(1))).await;
-            c2.cancel();
+            timer_fired.store(true, std::sync::atomic::Ordering::SeqCst);
+            timer_tok.cancel();
         });
-        let r = self.boot(id, cancel).await;
+        let r = self.boot(id, run).await;
         timer.abort();
         match r {
-            Err(ManagerError::Busy(_)) if self.get(id).await.map(|r| r.state == VmState::Provisioning).unwrap_or(false) => {
+            Err(ManagerError::Busy(_)) if fired.load(std::sync::atomic::Ordering::SeqCst) && !cancel.is_cancelled() => {
                 Err(ManagerError::Internal(format!("guest not reachable over SSH within timeout_boot_s={secs}")))
             }
             other => other,
@@ -179,8 +193,9 @@ impl Manager {
     pub async fn start(self: &Arc<Self>, id: &str) -> Result<VmRecord> {
         let rec = self.get(id).await?;
         let slot = self.slot(id);
-        let guard = self.try_op(&slot, "start")?;
+        let (guard, cancel) = self.try_boot_op(&slot, "start")?;
         if rec.state == VmState::Running {
+            *slot.cancel.lock().unwrap_or_else(|p| p.into_inner()) = None;
             return Ok(rec);
         }
         self.catalog
@@ -190,7 +205,7 @@ impl Manager {
             }))
             .await?;
         self.emit_state(id, VmState::Provisioning, Some("start".into()));
-        self.spawn_boot(id, guard, None, None);
+        self.spawn_boot(id, guard, cancel, None, None);
         self.get(id).await
     }
 
@@ -217,7 +232,7 @@ impl Manager {
     pub async fn reboot(self: &Arc<Self>, id: &str) -> Result<VmRecord> {
         self.get(id).await?;
         let slot = self.slot(id);
-        let guard = self.try_op(&slot, "reboot")?;
+        let (guard, cancel) = self.try_boot_op(&slot, "reboot")?;
         self.kill_running(id, Duration::from_secs(15)).await;
         self.catalog
             .update(id, Box::new(|r| {
@@ -227,7 +242,7 @@ impl Manager {
             }))
             .await?;
         self.emit_state(id, VmState::Provisioning, Some("reboot".into()));
-        self.spawn_boot(id, guard, None, None);
+        self.spawn_boot(id, guard, cancel, None, None);
         self.get(id).await
     }
 
@@ -295,9 +310,7 @@ impl Manager {
         } else {
             20
         };
-        let guard = self.try_op(&slot, "adopt")?;
-        let cancel = CancellationToken::new();
-        *slot.cancel.lock().unwrap_or_else(|p| p.into_inner()) = Some(cancel.clone());
+        let (guard, cancel) = self.try_boot_op(&slot, "adopt")?;
         let me = self.clone();
         let span = tracing::info_span!("vm.adopt", vm_id = %id);
         tokio::spawn(tracing::Instrument::instrument(

@@ -4,6 +4,7 @@
 //! while another operation runs.
 pub mod boot;
 pub mod capacity;
+pub mod console;
 mod events;
 pub mod expiry;
 pub mod lifecycle;
