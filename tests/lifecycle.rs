@@ -144,6 +144,13 @@ async fn redis_catalog_create_get_delete() {
     assert_eq!(stored["state"], "running");
     assert_eq!(redis.cli(&["SISMEMBER", &format!("{prefix}:vms"), &id]), "1");
     assert_eq!(s.exec(&id, "cat /etc/vm-id").await["stdout"], format!("{id}\n"));
+    // A time to live is part of the stored record.
+    let (st, v) = s.post(&format!("/vms/{id}/ttl"), json!({"ttl_s": 3600})).await;
+    assert_eq!(st, 200, "{v}");
+    let stored: serde_json::Value = serde_json::from_str(&redis.cli(&["GET", &format!("{prefix}:vm:{id}")])).unwrap();
+    assert_eq!(stored["expires_at"], v["expires_at"]);
+    let (_, got) = s.get(&format!("/vms/{id}")).await;
+    assert_eq!(got["expires_at"], v["expires_at"]);
     let (st, _) = s.call(Method::DELETE, &format!("/vms/{id}"), None).await;
     assert_eq!(st, 200);
     assert_eq!(redis.cli(&["EXISTS", &format!("{prefix}:vm:{id}")]), "0");
