@@ -68,6 +68,17 @@ fn fail(reason: String) -> ExecResponse {
     }
 }
 
+impl VmSh {
+    /// The shell text to run (cwd/env applied) and its timeout in seconds (default
+    /// EXEC_TIMEOUT_S, at most EXEC_MAX_TIMEOUT_S).
+    fn prepare(&self, cfg: &crate::config::Resolved) -> Result<(String, f64), exec::ContextError> {
+        let env: Vec<(String, String)> = self.env.clone().unwrap_or_default().into_iter().collect();
+        let command = exec::with_context(&self.command, self.cwd.as_deref(), &env)?;
+        let secs = self.timeout.filter(|t| t.is_finite() && *t > 0.0).unwrap_or(cfg.exec_timeout_s as f64).min(cfg.exec_max_timeout_s as f64);
+        Ok((command, secs))
+    }
+}
+
 #[utoipa::path(post, path = "/vms/{vm_id}/execute-sh", request_body = VmSh, responses((status = 200, body = ExecResponse)))]
 pub async fn execute_sh(State(st): State<AppState>, Path(vm_id): Path<String>, ApiJson(body): ApiJson<VmSh>) -> Json<ExecResponse> {
     let pool = match st.mgr.pool(&vm_id).await {
@@ -76,16 +87,10 @@ pub async fn execute_sh(State(st): State<AppState>, Path(vm_id): Path<String>, A
         Err(ManagerError::NotRunning) => return Json(fail("VM is not running".into())),
         Err(e) => return Json(fail(e.to_string())),
     };
-    if body.command.contains('\0') {
-        return Json(fail("could not run the command: it contains a NUL byte, which no shell can take".into()));
-    }
-    let env: Vec<(String, String)> = body.env.unwrap_or_default().into_iter().collect();
-    let command = match exec::with_context(&body.command, body.cwd.as_deref(), &env) {
-        Ok(c) => c,
-        Err(e) => return Json(fail(format!("could not run the command: {e}"))),
+    let (command, secs) = match body.prepare(&st.mgr.cfg) {
+        Ok(p) => p,
+        Err(e) => return Json(fail(format!("could not run the command: {}", e.message))),
     };
-    let cfg = &st.mgr.cfg;
-    let secs = body.timeout.filter(|t| t.is_finite() && *t > 0.0).unwrap_or(cfg.exec_timeout_s as f64).min(cfg.exec_max_timeout_s as f64);
     match exec::run(&pool, &command, Duration::from_secs_f64(secs), OUTPUT_CAP).await {
         Err(e) => Json(fail(format!("could not run the command: {e}"))),
         Ok(o) => {
@@ -123,24 +128,15 @@ pub async fn execute_stream(
     use crate::guest::stream::Chunk;
     use super::error::validation;
     let pool = st.mgr.pool(&vm_id).await?;
-    if body.command.contains('\0') {
-        return Err(validation(&["body", "command"], "the command contains a NUL byte, which no shell can take"));
-    }
-    let env: Vec<(String, String)> = body.env.unwrap_or_default().into_iter().collect();
-    let command = exec::with_context(&body.command, body.cwd.as_deref(), &env).map_err(|e| {
-        let field = if e.starts_with("env") { "env" } else { "cwd" };
-        validation(&["body", field], e)
-    })?;
-    let cfg = &st.mgr.cfg;
-    let secs = body.timeout.filter(|t| t.is_finite() && *t > 0.0).unwrap_or(cfg.exec_timeout_s as f64).min(cfg.exec_max_timeout_s as f64);
+    let (command, secs) = body.prepare(&st.mgr.cfg).map_err(|e| validation(&["body", e.field], e.message))?;
     let rx = crate::guest::stream::start(pool, &command, Duration::from_secs_f64(secs)).await.map_err(ManagerError::from)?;
-    struct State {
+    struct Pump {
         rx: tokio::sync::mpsc::Receiver<Chunk>,
         out_carry: Vec<u8>,
         err_carry: Vec<u8>,
         pending: std::collections::VecDeque<sse::Event>,
     }
-    let start = State { rx, out_carry: Vec::new(), err_carry: Vec::new(), pending: Default::default() };
+    let start = Pump { rx, out_carry: Vec::new(), err_carry: Vec::new(), pending: Default::default() };
     let events = futures::stream::unfold(start, |mut s| async move {
         loop {
             if let Some(ev) = s.pending.pop_front() {

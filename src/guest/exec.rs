@@ -65,9 +65,7 @@ fn push_capped(buf: &mut Vec<u8>, data: &[u8], cap: usize, truncated: &mut bool)
 /// Runs `command`; retried on a fresh channel only when the guest never acknowledged the
 /// exec request (so the command cannot have started).
 pub async fn run(pool: &Pool, command: &str, timeout: Duration, cap: usize) -> Result<ExecOutput, GuestError> {
-    if command.contains('\0') {
-        return Err(GuestError::BadPath("a NUL byte cannot be passed to the guest's shell".into()));
-    }
+    reject_nul(command)?;
     if !pool.runners().disabled() {
         match super::runner::run(pool, pool.runners(), command, timeout, cap).await {
             super::runner::RunOutcome::Ran(out) => return Ok(out),
@@ -142,29 +140,48 @@ pub async fn run_checked(pool: &Pool, command: &str, timeout: Duration) -> Resul
     }
 }
 
+/// What is wrong with a command's request, and in which field.
+#[derive(Debug, PartialEq)]
+pub struct ContextError {
+    pub field: &'static str,
+    pub message: String,
+}
+
 /// `command` preceded by a change of directory and exported variables, for the guest's
-/// shell; Err names what is wrong with `cwd` or `env`. A missing directory fails the command
-/// the way `cd` does (exit 1, bash's message on stderr).
-pub fn with_context(command: &str, cwd: Option<&str>, env: &[(String, String)]) -> Result<String, String> {
+/// shell; Err names what is wrong with `command`, `cwd` or `env`. A missing directory fails
+/// the command the way `cd` does (exit 1, bash's message on stderr).
+pub fn with_context(command: &str, cwd: Option<&str>, env: &[(String, String)]) -> Result<String, ContextError> {
+    let bad = |field, message: String| Err(ContextError { field, message });
+    if command.contains('\0') {
+        return bad("command", "the command contains a NUL byte, which no shell can take".into());
+    }
     let mut prefix = String::new();
     if let Some(dir) = cwd {
         if dir.is_empty() || dir.contains('\0') {
-            return Err("cwd must be a non-empty path without NUL bytes".into());
+            return bad("cwd", "cwd must be a non-empty path without NUL bytes".into());
         }
-        prefix.push_str(&format!("cd -- {} || exit 1\n", crate::util::shell_quote(dir)));
+        prefix.push_str(&format!("cd -- {} || exit 1\n", shell_quote(dir)));
     }
     for (name, value) in env {
         let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid {
-            return Err(format!("env: {name:?} is not a valid variable name (letters, digits, _; not starting with a digit)"));
+            return bad("env", format!("env: {name:?} is not a valid variable name (letters, digits, _; not starting with a digit)"));
         }
         if value.contains('\0') {
-            return Err(format!("env: the value of {name} contains a NUL byte"));
+            return bad("env", format!("env: the value of {name} contains a NUL byte"));
         }
-        prefix.push_str(&format!("export {name}={}\n", crate::util::shell_quote(value)));
+        prefix.push_str(&format!("export {name}={}\n", shell_quote(value)));
     }
     Ok(prefix + command)
+}
+
+/// The guard every path into the guest's shell passes: a NUL byte cannot be passed on.
+pub fn reject_nul(command: &str) -> Result<(), GuestError> {
+    if command.contains('\0') {
+        return Err(GuestError::BadPath("a NUL byte cannot be passed to the guest's shell".into()));
+    }
+    Ok(())
 }
 
 /// The original's `reason`: "Result: <stdout>\nError: <stderr>", each part only when not
@@ -196,8 +213,9 @@ mod tests {
         assert_eq!(with_context("true", None, &[]).unwrap(), "true");
         for bad in ["1A", "A-B", "", "A;rm"] {
             let e = with_context("true", None, &[(bad.to_string(), "v".to_string())]).unwrap_err();
-            assert!(e.starts_with("env:"), "{e}");
+            assert!(e.field == "env" && e.message.starts_with("env:"), "{e:?}");
         }
+        assert_eq!(with_context("a\0b", None, &[]).unwrap_err().field, "command");
         assert!(with_context("true", Some(""), &[]).is_err());
     }
 

@@ -24,9 +24,7 @@ pub enum Chunk {
 /// Starts `command` (already carrying its cwd/env prefix) and returns its chunks. Dropping
 /// the receiver kills the command.
 pub async fn start(pool: Arc<Pool>, command: &str, timeout: Duration) -> Result<mpsc::Receiver<Chunk>, GuestError> {
-    if command.contains('\0') {
-        return Err(GuestError::BadPath("a NUL byte cannot be passed to the guest's shell".into()));
-    }
+    super::exec::reject_nul(command)?;
     let marker = format!("/tmp/.vmsvc-stream-{}.pid", uuid::Uuid::new_v4().simple());
     let m = shell_quote(&marker);
     // The command in a subshell: an `exec` in it cannot drop the marker's clean-up.
