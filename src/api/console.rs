@@ -19,7 +19,7 @@ pub struct TailQuery {
 pub async fn tail(State(st): State<AppState>, Path(vm_id): Path<String>, ApiQuery(q): ApiQuery<TailQuery>) -> Result<Json<Value>, ApiError> {
     st.mgr.get(&vm_id).await?;
     let lines = q.lines.unwrap_or(120).clamp(1, 10_000);
-    let console = crate::manager::boot::console_tail(&st.mgr.files(&vm_id).console, lines);
+    let console = crate::manager::console::console_tail(&st.mgr.files(&vm_id).console, lines);
     Ok(Json(json!({ "vm_id": vm_id, "lines": lines, "console": console })))
 }
 

@@ -1,4 +1,5 @@
 //! Boot: overlay → seed → port → QEMU → SSH ready (banner, key auth, VM id).
+use super::console::console_tail;
 use super::{Manager, ManagerError, Result, Running};
 use crate::guest::pool::{Pool, Target};
 use crate::model::{now, VmState};
@@ -10,13 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
-
-pub fn console_tail(path: &Path, lines: usize) -> String {
-    let Ok(data) = std::fs::read(path) else { return String::new() };
-    let text = String::from_utf8_lossy(&data);
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
 
 /// Connect, then wait for the `SSH-` banner with a short per-attempt timeout: QEMU's
 /// user network accepts early connects and replays them late, so a connect alone proves

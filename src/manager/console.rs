@@ -1,5 +1,5 @@
-//! Following a VM's serial console log: the last lines, then what the guest writes, as
-//! bytes; a restart of the log (a new boot truncates it) is reported as such.
+//! A VM's serial console log: its last lines, and following it (the last lines, then what
+//! the guest writes, as bytes; a restart of the log — a new boot truncates it — is reported).
 use super::Manager;
 use futures::Stream;
 use std::path::{Path, PathBuf};
@@ -59,6 +59,13 @@ impl Manager {
     }
 }
 
+/// The last `lines` lines of a log file (lossy UTF-8, without line ends); empty when it
+/// cannot be read.
+pub fn console_tail(path: &Path, lines: usize) -> String {
+    let Ok(data) = std::fs::read(path) else { return String::new() };
+    String::from_utf8_lossy(&data[tail_start(&data, lines)..]).lines().collect::<Vec<_>>().join("\n")
+}
+
 /// Offset in `data` where its last `lines` lines begin.
 fn tail_start(data: &[u8], lines: usize) -> usize {
     let end = if data.ends_with(b"\n") { data.len() - 1 } else { data.len() };
@@ -85,7 +92,7 @@ fn read_range(path: &Path, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
-    use super::tail_start;
+    use super::{console_tail, tail_start};
 
     #[test]
     fn tail_starts_at_the_nth_last_line() {
@@ -96,5 +103,23 @@ mod tests {
         let partial = b"a\nb\nc";
         assert_eq!(&partial[tail_start(partial, 1)..], b"c");
         assert_eq!(tail_start(b"", 3), 0);
+    }
+
+    #[test]
+    fn console_tail_is_the_last_lines_of_the_text() {
+        let dir = std::env::temp_dir().join(format!("vmsvc-console-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("console.log");
+        let texts: [&[u8]; 7] = [b"", b"a", b"a\n", b"a\r\nb\r\n", b"x\n\n\n", b"one\ntwo\nthree", b"\xc3\xa9\n\xff\nz\n"];
+        for text in texts {
+            std::fs::write(&p, text).unwrap();
+            let whole = String::from_utf8_lossy(text).into_owned();
+            let all: Vec<&str> = whole.lines().collect();
+            for n in [1, 2, 3, 10] {
+                assert_eq!(console_tail(&p, n), all[all.len().saturating_sub(n)..].join("\n"), "{text:?} n={n}");
+            }
+        }
+        assert_eq!(console_tail(&dir.join("missing"), 5), "");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -67,7 +67,7 @@ impl Manager {
             p.close().await;
         }
         self.ports.release(port);
-        let tail = crate::manager::boot::console_tail(&self.files(id).console, 20);
+        let tail = crate::manager::console::console_tail(&self.files(id).console, 20);
         let (state, reason) = match desc {
             None => (VmState::Stopped, "the guest powered itself off".to_string()),
             Some(d) => (VmState::Error, format!("qemu {d}; console tail:\n{tail}")),
