@@ -181,31 +181,37 @@ async fn a_plain_qcow2_boots_from_its_own_bootloader() {
     assert!(!alive(pid));
 }
 
+/// Runs `act` every 20 ms (for at most 120 s) until it says it acted; returns when it did.
+async fn as_soon_as(s: &Service, what: &str, mut act: impl AsyncFnMut() -> bool) -> Instant {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if act().await {
+            return Instant::now();
+        }
+        assert!(Instant::now() < deadline, "{what} not seen within 120 s:\n{}", s.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// QEMU dying while the guest boots ends the boot at once: `error`, with QEMU's exit and the
 /// console tail in the reason; a `?wait=true` create answers with it.
 #[tokio::test]
 async fn qemu_dying_mid_boot_is_an_error_with_the_console_tail() {
     let s = Service::start(Opts::default()).await;
-    let killed_at = std::sync::Mutex::new(None);
     let create = s.post("/vms?wait=true", json!({"vcpus": 1, "mem_mib": 256, "disk_gib": 5}));
-    let killer = async {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            assert!(Instant::now() < deadline, "no booting guest seen:\n{}", s.log());
-            for entry in std::fs::read_dir(s.base.join("vms")).into_iter().flatten().flatten() {
-                let console = std::fs::read_to_string(entry.path().join("console.log")).unwrap_or_default();
-                let pid = std::fs::read_to_string(entry.path().join("qemu.pid")).ok().and_then(|p| p.trim().parse::<i32>().ok());
-                if let (Some(pid), true) = (pid, console.contains("Linux version")) {
-                    kill_pid(pid, 9);
-                    *killed_at.lock().unwrap() = Some(Instant::now());
-                    return;
-                }
+    let killer = as_soon_as(&s, "a booting guest", async || {
+        for entry in std::fs::read_dir(s.base.join("vms")).into_iter().flatten().flatten() {
+            let console = std::fs::read_to_string(entry.path().join("console.log")).unwrap_or_default();
+            let pid = std::fs::read_to_string(entry.path().join("qemu.pid")).ok().and_then(|p| p.trim().parse::<i32>().ok());
+            if let (Some(pid), true) = (pid, console.contains("Linux version")) {
+                kill_pid(pid, 9);
+                return true;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    };
-    let ((st, v), ()) = tokio::join!(create, killer);
-    let after_kill = killed_at.lock().unwrap().expect("killed").elapsed();
+        false
+    });
+    let ((st, v), killed_at) = tokio::join!(create, killer);
+    let after_kill = killed_at.elapsed();
     assert_eq!(st, 201, "{v}");
     assert_eq!(v["state"], "error", "{v}");
     let reason = v["error_reason"].as_str().unwrap_or("");
@@ -224,24 +230,16 @@ async fn qemu_dying_mid_boot_is_an_error_with_the_console_tail() {
 #[tokio::test]
 async fn deleting_a_vm_releases_a_waiting_create() {
     let s = Service::start(Opts::default()).await;
-    let deleted_at = std::sync::Mutex::new(None);
     let create = s.post("/vms?wait=true", json!({"vcpus": 1, "mem_mib": 256, "disk_gib": 5}));
-    let deleter = async {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            assert!(Instant::now() < deadline, "no VM seen:\n{}", s.log());
-            let (_, all) = s.get("/vms").await;
-            if let Some(id) = all.as_array().and_then(|a| a.first()).and_then(|v| v["id"].as_str()) {
-                let (st, _) = s.call(Method::DELETE, &format!("/vms/{id}"), None).await;
-                assert_eq!(st, 200);
-                *deleted_at.lock().unwrap() = Some(Instant::now());
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    let ((st, v), ()) = tokio::join!(create, deleter);
-    let after = deleted_at.lock().unwrap().expect("deleted").elapsed();
+    let deleter = as_soon_as(&s, "the new VM", async || {
+        let (_, all) = s.get("/vms").await;
+        let Some(id) = all.as_array().and_then(|a| a.first()).and_then(|v| v["id"].as_str()) else { return false };
+        let (st, _) = s.call(Method::DELETE, &format!("/vms/{id}"), None).await;
+        assert_eq!(st, 200);
+        true
+    });
+    let ((st, v), deleted_at) = tokio::join!(create, deleter);
+    let after = deleted_at.elapsed();
     assert_eq!(st, 404, "{v}");
     assert!(after < Duration::from_secs(2), "the waiting create answered {after:?} after the delete");
     assert!(qemus_under(&s.base).is_empty());
