@@ -31,7 +31,7 @@ need_file() { [ -e "$1" ] || die "missing $1 (package $2): run  apt-get install 
 need_cmd() { command -v "$1" >/dev/null 2>&1 || die "missing command '$1' (package $2): run  apt-get install -y $2"; }
 
 need_cmd busybox busybox-static
-busybox --list | grep -qx acpid || die "busybox is not busybox-static: run  apt-get install -y busybox-static"
+busybox --list | grep -x acpid >/dev/null || die "busybox is not busybox-static: run  apt-get install -y busybox-static"
 need_cmd dropbear dropbear-bin
 need_cmd dropbearkey dropbear-bin
 need_file /usr/lib/openssh/sftp-server openssh-sftp-server
@@ -55,7 +55,7 @@ moddir="/lib/modules/$kver"
 # Refuse to replace a base image that existing overlays back onto, unless forced.
 if [ -f "$out/disk.qcow2" ] && [ "$force" != 1 ]; then
   users="$(find "$VM_BASE_DIR/vms" -name disk.qcow2 2>/dev/null | while read -r ov; do
-    qemu-img info --output=json "$ov" 2>/dev/null | grep -q "\"$out/disk.qcow2\"" && echo "$ov"; done || true)"
+    qemu-img info --output=json "$ov" 2>/dev/null | grep "\"$out/disk.qcow2\"" >/dev/null && echo "$ov"; done || true)"
   if [ -n "$users" ]; then
     die "$out/disk.qcow2 backs existing VM overlays ($(echo "$users" | wc -l)); use --force to rebuild anyway"
   fi

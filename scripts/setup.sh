@@ -7,8 +7,8 @@ pkgs=(qemu-system-x86 qemu-utils redis-server redis-tools busybox-static dropbea
       openssh-client cpio dosfstools mtools syslinux syslinux-common fdisk zip unzip e2fsprogs
       linux-image-amd64 python3 python3-venv gcc ca-certificates curl nftables)
 missing=()
-for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
-if ! dpkg-query -W -f='${Status}' qemu-system-x86 2>/dev/null | grep -q "ok installed"; then missing+=(qemu-system-x86); fi
+for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep "ok installed" >/dev/null || missing+=("$p"); done
+if ! dpkg-query -W -f='${Status}' qemu-system-x86 2>/dev/null | grep "ok installed" >/dev/null; then missing+=(qemu-system-x86); fi
 if [ "${#missing[@]}" -gt 0 ]; then
   [ "$(id -u)" = 0 ] || { echo "setup.sh: run as root to install: ${missing[*]}" >&2; exit 1; }
   echo "setup.sh: installing ${missing[*]}"
@@ -17,7 +17,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   # qemu-system-x86 (7.2, bookworm) needs qemu-utils from the same release: a newer
   # backported qemu-utils is downgraded to match.
   extra=()
-  if dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null | grep -q '^1:10'; then extra+=(--allow-downgrades qemu-utils/bookworm qemu-block-extra/bookworm); fi
+  if dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null | grep '^1:10' >/dev/null; then extra+=(--allow-downgrades qemu-utils/bookworm qemu-block-extra/bookworm); fi
   apt-get install -y -q --no-install-recommends "${missing[@]}" "${extra[@]}" >/dev/null
 fi
 # QEMU runs as this unprivileged user when the service runs as root (guest → host isolation).

@@ -189,13 +189,8 @@ pub fn host_qemu_bin() -> String {
 impl Settings {
     pub fn resolve(&self) -> anyhow::Result<Resolved> {
         let base_dir = self.vm_base_dir.as_deref().map(expand_tilde).unwrap_or_else(default_base_dir);
-        std::fs::create_dir_all(base_dir.join("vms"))
-            .with_context(|| format!("creating VM_BASE_DIR {}", base_dir.display()))?;
-        let ssh_privkey = self
-            .vm_ssh_privkey
-            .as_deref()
-            .map(expand_tilde)
-            .unwrap_or_else(|| base_dir.join("keys/id_ed25519"));
+        std::fs::create_dir_all(base_dir.join("vms")).with_context(|| format!("creating VM_BASE_DIR {}", base_dir.display()))?;
+        let ssh_privkey = self.vm_ssh_privkey.as_deref().map(expand_tilde).unwrap_or_else(|| base_dir.join("keys/id_ed25519"));
         let (auth_token, token_file) = resolve_token(self.auth_token.as_deref(), &base_dir)?;
         let run_as = match (self.vm_run_as_uid, self.vm_run_as_gid) {
             (Some(u), Some(g)) => Some((u, g)),
@@ -205,11 +200,7 @@ impl Settings {
             (None, None) if nix::unistd::geteuid().is_root() => nix::unistd::User::from_name("vmnet").ok().flatten().map(|u| (u.uid.as_raw(), u.gid.as_raw())),
             (None, None) => None,
         };
-        let max_vcpus = if self.vm_max_vcpus == 0 {
-            std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
-        } else {
-            self.vm_max_vcpus
-        };
+        let max_vcpus = if self.vm_max_vcpus == 0 { std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1) } else { self.vm_max_vcpus };
         Ok(Resolved {
             listen_addr: self.listen_addr.clone(),
             auth_token,

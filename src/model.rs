@@ -148,10 +148,7 @@ impl ElementResponse {
 }
 
 pub fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 /// VM ids are UUIDs; anything else is rejected before a path is built from it.
@@ -177,9 +174,24 @@ mod tests {
     #[test]
     fn record_keeps_the_original_field_order() {
         let r = VmRecord {
-            id: "a".into(), state: VmState::Stopped, workdir: "w".into(), vcpus: 1, mem_mib: 256, disk_gib: 5,
-            ssh_port: Some(2222), ssh_user: None, key_ref: None, error_reason: None, created_at: 1.0, updated_at: 2.0,
-            booted_at: None, node: None, base_image: None, host_key: None, no_egress: false, expires_at: None,
+            id: "a".into(),
+            state: VmState::Stopped,
+            workdir: "w".into(),
+            vcpus: 1,
+            mem_mib: 256,
+            disk_gib: 5,
+            ssh_port: Some(2222),
+            ssh_user: None,
+            key_ref: None,
+            error_reason: None,
+            created_at: 1.0,
+            updated_at: 2.0,
+            booted_at: None,
+            node: None,
+            base_image: None,
+            host_key: None,
+            no_egress: false,
+            expires_at: None,
         };
         let s = serde_json::to_string(&r).expect("json");
         assert!(s.starts_with(r#"{"id":"a","state":"stopped","workdir":"w","vcpus":1,"mem_mib":256,"disk_gib":5,"ssh_port":2222,"ssh_user":null,"key_ref":null,"error_reason":null,"created_at":1.0,"updated_at":2.0"#), "{s}");

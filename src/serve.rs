@@ -35,7 +35,11 @@ pub async fn import(settings: Settings, file: &std::path::Path) -> anyhow::Resul
     let values: Vec<serde_json::Value> = if text.trim_start().starts_with('[') {
         serde_json::from_str(&text).context("parsing the JSON array")?
     } else {
-        text.lines().filter(|l| !l.trim().is_empty()).enumerate().map(|(i, l)| serde_json::from_str(l).with_context(|| format!("line {}", i + 1))).collect::<anyhow::Result<_>>()?
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .enumerate()
+            .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("line {}", i + 1)))
+            .collect::<anyhow::Result<_>>()?
     };
     let catalog = open_catalog(&cfg).await?;
     let mut n = 0;
@@ -57,7 +61,13 @@ fn check_reachable(dir: &std::path::Path, uid: u32, gid: u32) -> anyhow::Result<
     while let Some(d) = cur {
         if let Ok(m) = std::fs::metadata(d) {
             let mode = m.mode();
-            let ok = if m.uid() == uid { mode & 0o100 != 0 } else if m.gid() == gid { mode & 0o010 != 0 } else { mode & 0o001 != 0 };
+            let ok = if m.uid() == uid {
+                mode & 0o100 != 0
+            } else if m.gid() == gid {
+                mode & 0o010 != 0
+            } else {
+                mode & 0o001 != 0
+            };
             if !ok {
                 bail!(
                     "QEMU runs as uid {uid} (VM_RUN_AS_UID or user vmnet) but cannot enter {} (mode {:o}); `chmod o+x {}` or choose another VM_BASE_DIR",

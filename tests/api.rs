@@ -93,10 +93,22 @@ async fn openapi_lists_every_route(s: &Service) {
     assert!(v["openapi"].as_str().unwrap().starts_with("3.1"));
     let paths = v["paths"].as_object().unwrap();
     for p in [
-        "/health", "/vms/", "/vms/list/{vm_ids}", "/vms/{vm_id}", "/vms/{vm_id}/actions", "/vms/{vm_id}/upload-files",
-        "/vms/{vm_id}/list-dirs", "/vms/{vm_id}/read-file", "/vms/{vm_id}/create-dir", "/vms/{vm_id}/search",
-        "/vms/{vm_id}/execute-sh", "/vms/{vm_id}/download-file", "/vms/{vm_id}/download-folder",
-        "/vms/{vm_id}/console/tail", "/metrics/{vm_id}", "/vms/{vm_id}/tty",
+        "/health",
+        "/vms/",
+        "/vms/list/{vm_ids}",
+        "/vms/{vm_id}",
+        "/vms/{vm_id}/actions",
+        "/vms/{vm_id}/upload-files",
+        "/vms/{vm_id}/list-dirs",
+        "/vms/{vm_id}/read-file",
+        "/vms/{vm_id}/create-dir",
+        "/vms/{vm_id}/search",
+        "/vms/{vm_id}/execute-sh",
+        "/vms/{vm_id}/download-file",
+        "/vms/{vm_id}/download-folder",
+        "/vms/{vm_id}/console/tail",
+        "/metrics/{vm_id}",
+        "/vms/{vm_id}/tty",
     ] {
         assert!(paths.contains_key(p), "missing {p}");
     }
@@ -143,7 +155,9 @@ async fn http_surface_with_redis_catalog_reads_the_originals_records() {
     // A record written by the original (its prefix, key layout and value quirks).
     let prefix = s.env.iter().find(|(k, _)| k == "REDIS_PREFIX").unwrap().1.clone();
     let id = "5f0c5a1e-1d7e-4b43-9a8e-0c1f9b0f0a99";
-    let raw = format!(r#"{{"id":"{id}","state":"stopped","workdir":"/app/vm_data/vms/{id}","vcpus":2,"mem_mib":1024,"disk_gib":10,"ssh_port":"","ssh_user":"","key_ref":null,"error_reason":"","created_at":1.5,"updated_at":2.5}}"#);
+    let raw = format!(
+        r#"{{"id":"{id}","state":"stopped","workdir":"/app/vm_data/vms/{id}","vcpus":2,"mem_mib":1024,"disk_gib":10,"ssh_port":"","ssh_user":"","key_ref":null,"error_reason":"","created_at":1.5,"updated_at":2.5}}"#
+    );
     redis.cli(&["SET", &format!("{prefix}:vm:{id}"), &raw]);
     redis.cli(&["SADD", &format!("{prefix}:vms"), id]);
     let (st, v) = s.get(&format!("/vms/list/{id},{id}")).await;
@@ -161,9 +175,24 @@ async fn http_surface_with_redis_catalog_reads_the_originals_records() {
 
 fn record(id: &str) -> VmRecord {
     VmRecord {
-        id: id.into(), state: VmState::Stopped, workdir: String::new(), vcpus: 0, mem_mib: 256, disk_gib: 5,
-        ssh_port: None, ssh_user: None, key_ref: None, error_reason: None, created_at: 1.0, updated_at: 1.0,
-        booted_at: None, node: None, base_image: None, host_key: None, no_egress: false, expires_at: None,
+        id: id.into(),
+        state: VmState::Stopped,
+        workdir: String::new(),
+        vcpus: 0,
+        mem_mib: 256,
+        disk_gib: 5,
+        ssh_port: None,
+        ssh_user: None,
+        key_ref: None,
+        error_reason: None,
+        created_at: 1.0,
+        updated_at: 1.0,
+        booted_at: None,
+        node: None,
+        base_image: None,
+        host_key: None,
+        no_egress: false,
+        expires_at: None,
     }
 }
 

@@ -103,7 +103,9 @@ async fn full_base_dir() {
     let ok = Command::new("mount").args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"]).arg(&mnt).status().unwrap();
     assert!(ok.success(), "mount tmpfs");
     let _unmount = Unmount(mnt.clone());
-    let mut s = Service::start(Opts { extra: vec![("VM_ACCEL".into(), "tcg".into()), ("VM_BASE_DIR".into(), mnt.to_string_lossy().into())], ..Default::default() }).await;
+    let mut s =
+        Service::start(Opts { extra: vec![("VM_ACCEL".into(), "tcg".into()), ("VM_BASE_DIR".into(), mnt.to_string_lossy().into())], ..Default::default() })
+            .await;
     // The image lives elsewhere (symlinked); fill what is left.
     let _ = std::fs::create_dir_all(mnt.join("images"));
     let _ = std::os::unix::fs::symlink(image_dir(), mnt.join("images/tiny"));

@@ -30,18 +30,27 @@ fn boot_and_check(kernel_boot: bool) -> f64 {
     assert!(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", ""]).arg("-f").arg(&key).status().unwrap().success());
     let pubkey = std::fs::read_to_string(work.join("key.pub")).unwrap();
     let id = format!("img-test-{}", std::process::id());
-    vm_service::qemu::seed::write(&work.join("seed.img"), &vm_service::qemu::seed::user_data("root", pubkey.trim(), &id), &vm_service::qemu::seed::meta_data(&id)).unwrap();
+    vm_service::qemu::seed::write(
+        &work.join("seed.img"),
+        &vm_service::qemu::seed::user_data("root", pubkey.trim(), &id),
+        &vm_service::qemu::seed::meta_data(&id),
+    )
+    .unwrap();
     let overlay = work.join("disk.qcow2");
-    assert!(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"]).arg(img.join("disk.qcow2")).arg(&overlay).status().unwrap().success());
+    assert!(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(img.join("disk.qcow2"))
+        .arg(&overlay)
+        .status()
+        .unwrap()
+        .success());
     let port = free_port();
     let qmp = work.join("qmp.sock");
-    let mut args: Vec<String> = vec![
-        "-machine", "pc", "-accel", "tcg", "-cpu", "qemu64,+rdrand", "-m", "256", "-smp", "1", "-nodefaults", "-no-user-config",
-        "-display", "none",
-    ]
-    .into_iter()
-    .map(String::from)
-    .collect();
+    let mut args: Vec<String> =
+        vec!["-machine", "pc", "-accel", "tcg", "-cpu", "qemu64,+rdrand", "-m", "256", "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none"]
+            .into_iter()
+            .map(String::from)
+            .collect();
     args.push("-serial".into());
     args.push(format!("file:{}", work.join("console.log").display()));
     args.push("-qmp".into());
@@ -71,7 +80,11 @@ fn boot_and_check(kernel_boot: bool) -> f64 {
     let start = Instant::now();
     let mut q = Qemu(Command::new("qemu-system-x86_64").args(&args).stdin(Stdio::null()).stdout(Stdio::null()).spawn().expect("qemu-system-x86_64"));
     loop {
-        assert!(start.elapsed() < Duration::from_secs(120), "no SSH within 120 s; console:\n{}", std::fs::read_to_string(work.join("console.log")).unwrap_or_default());
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no SSH within 120 s; console:\n{}",
+            std::fs::read_to_string(work.join("console.log")).unwrap_or_default()
+        );
         let console = std::fs::read_to_string(work.join("console.log")).unwrap_or_default();
         if console.contains("rcS done") && ssh(&key, port, "true").status.success() {
             break;

@@ -43,7 +43,10 @@ async fn files(s: &Service, id: &str) {
     assert_eq!(list[3]["path_type"], "directory");
 
     let (_, hits) = s
-        .post(&format!("/vms/{id}/search"), json!({"pattern": "second", "root": "/app", "include_globs": [""], "max_results_total": 250, "timeout_seconds": 10}))
+        .post(
+            &format!("/vms/{id}/search"),
+            json!({"pattern": "second", "root": "/app", "include_globs": [""], "max_results_total": 250, "timeout_seconds": 10}),
+        )
         .await;
     assert_eq!(hits, json!([{"path": format!("/app/{WEIRD_DIR}/{WEIRD}"), "matchs": ["L2: second line"]}]));
 
@@ -94,7 +97,9 @@ async fn files(s: &Service, id: &str) {
     assert_eq!(r.status(), 422);
 
     // Streamed single-file upload: bad input first.
-    let put = |q: Vec<(&'static str, String)>, body: reqwest::Body| s.client.put(s.url(&format!("/vms/{id}/upload-file"))).query(&q).bearer_auth(TOKEN).body(body).send();
+    let put = |q: Vec<(&'static str, String)>, body: reqwest::Body| {
+        s.client.put(s.url(&format!("/vms/{id}/upload-file"))).query(&q).bearer_auth(TOKEN).body(body).send()
+    };
     let r = put(vec![("path", "rel/x".into())], "x".into()).await.unwrap();
     assert_eq!(r.status(), 422, "relative path");
     let r = put(vec![("path", "/root/m.sh".into()), ("mode", "9z".into())], "x".into()).await.unwrap();
@@ -127,7 +132,11 @@ async fn files(s: &Service, id: &str) {
     assert!(got == big, "64 MiB download differs ({} bytes)", got.len());
     eprintln!(
         "64 MiB upload {:.1} MB/s, download {:.1} MB/s; service peak RSS {} -> {} -> {} KiB",
-        64.0 / up.as_secs_f64(), 64.0 / down.as_secs_f64(), hwm0, hwm1, hwm2
+        64.0 / up.as_secs_f64(),
+        64.0 / down.as_secs_f64(),
+        hwm0,
+        hwm1,
+        hwm2
     );
     assert!(hwm1 - hwm0 < 24 * 1024, "upload grew the service's peak RSS by {} KiB", hwm1 - hwm0);
     assert!(hwm2 - hwm1 < 24 * 1024, "download grew the service's peak RSS by {} KiB", hwm2 - hwm1);
@@ -267,7 +276,8 @@ async fn tty(s: &Service, id: &str) {
     assert_eq!(left, "0", "shells left on a PTY after 50 terminals closed");
 
     // Unknown VM: the original's text, then a close.
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/vms/5f0c5a1e-1d7e-4b43-9a8e-0c1f9b0f0a11/tty?token={TOKEN}", s.port)).await.unwrap();
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/vms/5f0c5a1e-1d7e-4b43-9a8e-0c1f9b0f0a11/tty?token={TOKEN}", s.port)).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::Text("VM not found".into()));
 }
 
@@ -325,7 +335,11 @@ fn prometheus_scrape_holds_the_series(text: &str, id: &str) {
     }
     let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
     let find = |metric: &str, label: (&str, &str)| {
-        scrape.samples.iter().find(|x| x.metric == metric && x.labels.get(label.0) == Some(label.1)).unwrap_or_else(|| panic!("no {metric}{{{}={}}} in\n{text}", label.0, label.1))
+        scrape
+            .samples
+            .iter()
+            .find(|x| x.metric == metric && x.labels.get(label.0) == Some(label.1))
+            .unwrap_or_else(|| panic!("no {metric}{{{}={}}} in\n{text}", label.0, label.1))
     };
     let num = |v: &Value| match v {
         Value::Counter(f) | Value::Gauge(f) | Value::Untyped(f) => *f,

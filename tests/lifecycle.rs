@@ -321,10 +321,7 @@ async fn console_stream_follows_the_boot_and_ends_with_the_vm() {
     assert_eq!(s.wait_settled(&id).await["state"], "running");
     let (st, _) = s.call(Method::DELETE, &format!("/vms/{id}"), None).await;
     assert_eq!(st, 200);
-    let end = tokio::time::timeout(Duration::from_secs(10), async {
-        while sse.next().await.is_some() {}
-    })
-    .await;
+    let end = tokio::time::timeout(Duration::from_secs(10), async { while sse.next().await.is_some() {} }).await;
     assert!(end.is_ok(), "the console stream did not end after the delete");
     let (st, _) = s.get(&format!("/vms/{id}/console/stream")).await;
     assert_eq!(st, 404);

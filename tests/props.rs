@@ -9,7 +9,8 @@ use vm_service::util::{join_under, normalize_abs, shell_quote};
 
 /// Path-ish strings: segments of dots, slashes, quotes, spaces, `$`, `;`, unicode.
 fn pathish() -> impl Strategy<Value = String> {
-    prop::collection::vec(prop_oneof![Just("..".to_string()), Just(".".to_string()), Just("".to_string()), "[a-z'\" ;$`*~é]{1,6}"], 0..8).prop_map(|v| v.join("/"))
+    prop::collection::vec(prop_oneof![Just("..".to_string()), Just(".".to_string()), Just("".to_string()), "[a-z'\" ;$`*~é]{1,6}"], 0..8)
+        .prop_map(|v| v.join("/"))
 }
 
 /// Anything a client could send, NUL aside.

@@ -21,9 +21,10 @@ async fn storm_of_lifecycle_calls_leaves_records_matching_reality() {
         }
         v
     };
-    let seed: u64 = std::env::var("STORM_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-    });
+    let seed: u64 = std::env::var("STORM_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
     eprintln!("storm seed {seed} (STORM_SEED={seed} replays it)");
     let mut tasks = vec![];
     for w in 0..12u64 {

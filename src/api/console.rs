@@ -1,10 +1,10 @@
 //! GET /vms/{vm_id}/console/tail?lines=N — the last lines of the serial console log.
 //! GET /vms/{vm_id}/console/stream?lines=N — those lines, then the console as it is written.
 use super::error::ApiError;
+use super::json::ApiQuery;
 use super::sse;
 use super::AppState;
 use axum::extract::{Path, State};
-use super::json::ApiQuery;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};

@@ -11,7 +11,11 @@ use serde_json::json;
 pub enum ApiError {
     Manager(ManagerError),
     /// FastAPI-shaped 422: `{"detail":[{"type","loc","msg","input"}]}`.
-    Validation { loc: Vec<String>, msg: String, kind: &'static str },
+    Validation {
+        loc: Vec<String>,
+        msg: String,
+        kind: &'static str,
+    },
     NotAuthenticated,
     InvalidToken,
     Status(StatusCode, String),
@@ -66,11 +70,9 @@ impl IntoResponse for ApiError {
                 }
                 detail(status, e.to_string())
             }
-            ApiError::Validation { loc, msg, kind } => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                Json(json!({ "detail": [{ "type": kind, "loc": loc, "msg": msg, "input": null }] })),
-            )
-                .into_response(),
+            ApiError::Validation { loc, msg, kind } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({ "detail": [{ "type": kind, "loc": loc, "msg": msg, "input": null }] }))).into_response()
+            }
             ApiError::NotAuthenticated => {
                 let mut r = detail(StatusCode::UNAUTHORIZED, "Not authenticated");
                 r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));

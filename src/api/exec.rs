@@ -125,8 +125,8 @@ pub async fn execute_stream(
     Path(vm_id): Path<String>,
     ApiJson(body): ApiJson<VmSh>,
 ) -> Result<axum::response::sse::Sse<impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>>, super::error::ApiError> {
-    use crate::guest::stream::Chunk;
     use super::error::validation;
+    use crate::guest::stream::Chunk;
     let pool = st.mgr.pool(&vm_id).await?;
     let (command, secs) = body.prepare(&st.mgr.cfg).map_err(|e| validation(&["body", e.field], e.message))?;
     let rx = crate::guest::stream::start(pool, &command, Duration::from_secs_f64(secs)).await.map_err(ManagerError::from)?;
@@ -151,7 +151,9 @@ pub async fn execute_stream(
                     s.pending.extend(sse::piece(&mut s.err_carry, &b).map(|d| sse::event("stderr", &d)));
                     continue;
                 }
-                Chunk::Exit { exit_code, signal, timed_out } => sse::event("exit", &serde_json::json!({ "exit_code": exit_code, "signal": signal, "timed_out": timed_out })),
+                Chunk::Exit { exit_code, signal, timed_out } => {
+                    sse::event("exit", &serde_json::json!({ "exit_code": exit_code, "signal": signal, "timed_out": timed_out }))
+                }
                 Chunk::Lost(detail) => sse::event("error", &serde_json::json!({ "detail": detail })),
             };
             // A character left incomplete at the very end goes out as raw bytes.

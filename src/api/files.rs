@@ -3,12 +3,12 @@
 //! answer 404 unknown VM, 409 not running, 400 bad path.
 use super::error::{validation, ApiError};
 use super::json::ApiJson;
+use super::json::ApiQuery;
 use super::AppState;
 use crate::guest::files::{self, ArchiveFormat, DirEntry, FailedFile, ReadOutcome, UploadFile};
 use crate::manager::ManagerError;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use super::json::ApiQuery;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -58,7 +58,11 @@ fn decode(f: &VmFile) -> Result<Vec<u8>, String> {
 }
 
 #[utoipa::path(post, path = "/vms/{vm_id}/upload-files", request_body = VmUploadFiles, responses((status = 200, body = UploadResponse), (status = 404)))]
-pub async fn upload_files(State(st): State<AppState>, Path(vm_id): Path<String>, ApiJson(body): ApiJson<VmUploadFiles>) -> Result<Json<UploadResponse>, ApiError> {
+pub async fn upload_files(
+    State(st): State<AppState>,
+    Path(vm_id): Path<String>,
+    ApiJson(body): ApiJson<VmUploadFiles>,
+) -> Result<Json<UploadResponse>, ApiError> {
     let fail = |reason: String| Json(UploadResponse { ok: false, reason, failed: vec![] });
     let pool = match st.mgr.pool(&vm_id).await {
         Ok(p) => p,
@@ -104,14 +108,25 @@ pub struct UploadFileResponse {
 /// guest in bounded chunks (no base64, memory does not grow with the file).
 #[utoipa::path(put, path = "/vms/{vm_id}/upload-file", params(UploadFileQuery), request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 201, body = UploadFileResponse), (status = 400), (status = 404), (status = 409), (status = 422)))]
-pub async fn upload_file(State(st): State<AppState>, Path(vm_id): Path<String>, ApiQuery(q): ApiQuery<UploadFileQuery>, body: Body) -> Result<(StatusCode, Json<UploadFileResponse>), ApiError> {
-    let path = q.path.filter(|p| !p.is_empty()).ok_or_else(|| ApiError::Validation { loc: vec!["query".into(), "path".into()], msg: "Field required".into(), kind: "missing" })?;
+pub async fn upload_file(
+    State(st): State<AppState>,
+    Path(vm_id): Path<String>,
+    ApiQuery(q): ApiQuery<UploadFileQuery>,
+    body: Body,
+) -> Result<(StatusCode, Json<UploadFileResponse>), ApiError> {
+    let path = q.path.filter(|p| !p.is_empty()).ok_or_else(|| ApiError::Validation {
+        loc: vec!["query".into(), "path".into()],
+        msg: "Field required".into(),
+        kind: "missing",
+    })?;
     if !path.starts_with('/') {
         return Err(validation(&["query", "path"], "path must be absolute"));
     }
     let mode = match q.mode.as_deref().filter(|m| !m.is_empty()) {
         None => 0o644,
-        Some(m) => u32::from_str_radix(m, 8).ok().filter(|m| *m <= 0o7777).ok_or_else(|| validation(&["query", "mode"], "mode must be octal digits, at most 7777"))?,
+        Some(m) => {
+            u32::from_str_radix(m, 8).ok().filter(|m| *m <= 0o7777).ok_or_else(|| validation(&["query", "mode"], "mode must be octal digits, at most 7777"))?
+        }
     };
     let pool = st.mgr.pool(&vm_id).await?;
     let stream = futures::TryStreamExt::map_err(body.into_data_stream(), std::io::Error::other);
@@ -170,7 +185,11 @@ pub async fn read_file(State(st): State<AppState>, Path(vm_id): Path<String>, Ap
 }
 
 #[utoipa::path(post, path = "/vms/{vm_id}/create-dir", request_body = VmPath, responses((status = 200, body = crate::model::ElementResponse), (status = 404), (status = 409)))]
-pub async fn create_dir(State(st): State<AppState>, Path(vm_id): Path<String>, ApiJson(body): ApiJson<VmPath>) -> Result<Json<crate::model::ElementResponse>, ApiError> {
+pub async fn create_dir(
+    State(st): State<AppState>,
+    Path(vm_id): Path<String>,
+    ApiJson(body): ApiJson<VmPath>,
+) -> Result<Json<crate::model::ElementResponse>, ApiError> {
     let pool = st.mgr.pool(&vm_id).await?;
     Ok(Json(match files::create_dir(&pool, &body.path).await {
         Ok(()) => crate::model::ElementResponse::ok(),
@@ -215,9 +234,9 @@ pub fn content_type_for(name: &str) -> String {
 fn disposition(name: &str) -> HeaderValue {
     let safe: String = name.chars().map(|c| if c == '"' || c == '\\' || c.is_control() { '_' } else { c }).collect();
     let ascii: String = safe.chars().map(|c| if c.is_ascii() { c } else { '_' }).collect();
-    let encoded: String = safe.bytes().map(|b| if b.is_ascii_alphanumeric() || b".-_".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect();
-    HeaderValue::from_str(&format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}"))
-        .unwrap_or_else(|_| HeaderValue::from_static("attachment"))
+    let encoded: String =
+        safe.bytes().map(|b| if b.is_ascii_alphanumeric() || b".-_".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect();
+    HeaderValue::from_str(&format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")).unwrap_or_else(|_| HeaderValue::from_static("attachment"))
 }
 
 fn stream_body(rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, std::io::Error>>) -> Body {

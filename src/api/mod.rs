@@ -132,9 +132,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::prometheus))
         .route("/metrics/{vm_id}", get(metrics::vm_metrics))
         .layer(DefaultBodyLimit::max(BODY_LIMIT));
-    let upload = Router::new()
-        .route("/vms/{vm_id}/upload-files", post(files::upload_files))
-        .layer(DefaultBodyLimit::max(UPLOAD_BODY_LIMIT));
+    let upload = Router::new().route("/vms/{vm_id}/upload-files", post(files::upload_files)).layer(DefaultBodyLimit::max(UPLOAD_BODY_LIMIT));
     // Streamed to the guest chunk by chunk: bounded by the guest's disk, not by memory.
     let stream_upload = Router::new().route("/vms/{vm_id}/upload-file", axum::routing::put(files::upload_file)).layer(DefaultBodyLimit::disable());
     let protected = vm.merge(upload).merge(stream_upload).route_layer(middleware::from_fn_with_state(state.clone(), auth));

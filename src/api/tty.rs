@@ -4,12 +4,12 @@
 //! Raw mode (`?mode=raw`): binary frames both ways; a text frame
 //! `{"type":"resize","cols":C,"rows":R}` resizes the PTY.
 //! Close codes: 1000 shell exited, 4404 unknown VM, 4409 VM not running, 1011 guest error.
+use super::json::ApiQuery;
 use super::AppState;
 use crate::guest::pty;
 use crate::manager::ManagerError;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
-use super::json::ApiQuery;
 use axum::response::Response;
 use futures::{SinkExt, StreamExt};
 use russh::ChannelMsg;

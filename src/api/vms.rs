@@ -61,7 +61,11 @@ fn out(st: &AppState, r: &crate::model::VmRecord) -> VmOut {
 }
 
 #[utoipa::path(post, path = "/vms/", request_body = VmCreate, params(WaitQuery), responses((status = 201, body = VmOut), (status = 422)))]
-pub async fn create(State(st): State<AppState>, ApiQuery(q): ApiQuery<WaitQuery>, ApiJson(body): ApiJson<VmCreate>) -> Result<(StatusCode, Json<VmOut>), ApiError> {
+pub async fn create(
+    State(st): State<AppState>,
+    ApiQuery(q): ApiQuery<WaitQuery>,
+    ApiJson(body): ApiJson<VmCreate>,
+) -> Result<(StatusCode, Json<VmOut>), ApiError> {
     if body.timeout_boot_s == Some(0) {
         return Err(validation(&["body", "timeout_boot_s"], "timeout_boot_s must be at least 1"));
     }
@@ -102,7 +106,12 @@ pub async fn get_vm(State(st): State<AppState>, Path(vm_id): Path<String>) -> Re
 
 #[utoipa::path(post, path = "/vms/{vm_id}/actions", request_body = VmAction,
     params(WaitQuery), responses((status = 200, body = VmOut), (status = 404), (status = 409), (status = 422)))]
-pub async fn actions(State(st): State<AppState>, Path(vm_id): Path<String>, ApiQuery(q): ApiQuery<WaitQuery>, ApiJson(body): ApiJson<VmAction>) -> Result<Json<VmOut>, ApiError> {
+pub async fn actions(
+    State(st): State<AppState>,
+    Path(vm_id): Path<String>,
+    ApiQuery(q): ApiQuery<WaitQuery>,
+    ApiJson(body): ApiJson<VmAction>,
+) -> Result<Json<VmOut>, ApiError> {
     let rec = match body.action.as_str() {
         "start" => st.mgr.start(&vm_id).await?,
         "stop" => st.mgr.stop(&vm_id, body.cleanup_disks.unwrap_or(false)).await?,

@@ -73,12 +73,7 @@ impl RedisCatalog {
 
     async fn write(&self, rec: &VmRecord) -> Result<()> {
         let mut c = self.conn()?;
-        redis::pipe()
-            .set(self.record_key(&rec.id), encode(rec))
-            .sadd(self.index_key(), &rec.id)
-            .query_async::<()>(&mut c)
-            .await
-            .map_err(|e| self.fail(e))
+        redis::pipe().set(self.record_key(&rec.id), encode(rec)).sadd(self.index_key(), &rec.id).query_async::<()>(&mut c).await.map_err(|e| self.fail(e))
     }
 }
 
@@ -173,12 +168,7 @@ impl Catalog for RedisCatalog {
             let lock = self.lock_for(id);
             let _g = lock.lock().await;
             let mut c = self.conn()?;
-            redis::pipe()
-                .del(self.record_key(id))
-                .srem(self.index_key(), id)
-                .query_async::<()>(&mut c)
-                .await
-                .map_err(|e| self.fail(e))?;
+            redis::pipe().del(self.record_key(id)).srem(self.index_key(), id).query_async::<()>(&mut c).await.map_err(|e| self.fail(e))?;
             drop(_g);
             self.locks.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
             Ok(())

@@ -163,8 +163,7 @@ pub fn with_context(command: &str, cwd: Option<&str>, env: &[(String, String)]) 
         prefix.push_str(&format!("cd -- {} || exit 1\n", shell_quote(dir)));
     }
     for (name, value) in env {
-        let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid {
             return bad("env", format!("env: {name:?} is not a valid variable name (letters, digits, _; not starting with a digit)"));
         }

@@ -173,11 +173,7 @@ pub fn parse_find(out: &[u8], entries: &mut Vec<DirEntry>) {
         let Some((path, kind)) = line.split_once("||") else { continue };
         let trimmed = path.trim_end_matches('/');
         let name = trimmed.rsplit('/').next().filter(|n| !n.is_empty()).unwrap_or(path).to_string();
-        entries.push(DirEntry {
-            path: path.to_string(),
-            name,
-            path_type: if kind.trim() == "d" { "directory".into() } else { "file".into() },
-        });
+        entries.push(DirEntry { path: path.to_string(), name, path_type: if kind.trim() == "d" { "directory".into() } else { "file".into() } });
     }
 }
 
@@ -209,10 +205,7 @@ pub async fn read_file(pool: &Pool, path: &str) -> Result<ReadOutcome, GuestErro
         return Ok(ReadOutcome::Missing);
     }
     if meta.len() > READ_FILE_CAP {
-        return Err(GuestError::TooLarge(format!(
-            "{path} is {} bytes; read-file returns at most {READ_FILE_CAP} bytes (use download-file)",
-            meta.len()
-        )));
+        return Err(GuestError::TooLarge(format!("{path} is {} bytes; read-file returns at most {READ_FILE_CAP} bytes (use download-file)", meta.len())));
     }
     match s.session.read(path.to_string()).await {
         Ok(data) => Ok(ReadOutcome::Found(data)),
@@ -283,9 +276,7 @@ pub enum ArchiveFormat {
 /// folder is not empty, where zip refuses), else tar.gz.
 pub async fn archive_format(pool: &Pool, root: &str, prefer_zip: bool) -> Result<ArchiveFormat, GuestError> {
     let q = shell_quote(root);
-    let probe = format!(
-        "[ -e {q} ] || exit 3; [ -d {q} ] || exit 6; command -v zip >/dev/null 2>&1 || exit 4; [ -n \"$(ls -A -- {q})\" ] || exit 5; exit 0"
-    );
+    let probe = format!("[ -e {q} ] || exit 3; [ -d {q} ] || exit 6; command -v zip >/dev/null 2>&1 || exit 4; [ -n \"$(ls -A -- {q})\" ] || exit 5; exit 0");
     let out = exec::run(pool, &probe, Duration::from_secs(30), 4096).await?;
     match out.exit_code {
         Some(3) => Err(GuestError::NotFound(format!("{root} not found"))),

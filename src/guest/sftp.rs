@@ -3,9 +3,9 @@
 //! dropbear's channel-number reuse: a late close for the old channel could end the next
 //! one ("sender dropped"). The session is re-opened when its channel has ended.
 use super::pool::{await_replies, open_channel, Pool};
+use super::GuestError;
 use russh::client::Msg;
 use russh::Channel;
-use super::GuestError;
 use russh_sftp::client::SftpSession;
 use std::io;
 use std::pin::Pin;

@@ -156,30 +156,25 @@ impl Manager {
         *slot.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(running);
         self.emit_step(id, "qemu_started", Some(format!("pid {pid}, accel {}", accel.as_str())));
         self.catalog
-            .update(id, Box::new(move |r| {
-                r.ssh_port = Some(port);
-                r.ssh_user = Some(user);
-            }))
+            .update(
+                id,
+                Box::new(move |r| {
+                    r.ssh_port = Some(port);
+                    r.ssh_user = Some(user);
+                }),
+            )
             .await?;
 
         let timeout = Duration::from_secs(self.cfg.timeout_boot_s);
         let deadline = Instant::now() + timeout;
-        let target = Target {
-            vm_id: id.to_string(),
-            port,
-            user: self.cfg.ssh_user.clone(),
-            key: self.key.clone(),
-            host_key: Arc::new(std::sync::Mutex::new(None)),
-        };
+        let target =
+            Target { vm_id: id.to_string(), port, user: self.cfg.ssh_user.clone(), key: self.key.clone(), host_key: Arc::new(std::sync::Mutex::new(None)) };
         let marker = image.ready_marker.clone();
         let (mut marker_at, mut banner_at) = (None, None);
         let outcome: Result<Pool> = loop {
             if *exited.borrow() {
                 let log = console_tail(&f.qemu_log, 5);
-                break Err(ManagerError::Internal(format!(
-                    "qemu exited during boot; qemu said: {log}\nconsole tail:\n{}",
-                    console_tail(&f.console, 30)
-                )));
+                break Err(ManagerError::Internal(format!("qemu exited during boot; qemu said: {log}\nconsole tail:\n{}", console_tail(&f.console, 30))));
             }
             if cancel.is_cancelled() {
                 break Err(ManagerError::Busy("boot cancelled by a stop or delete".into()));
@@ -231,12 +226,15 @@ impl Manager {
                 );
                 let t = now();
                 self.catalog
-                    .update(id, Box::new(move |r| {
-                        r.state = VmState::Running;
-                        r.booted_at = Some(t);
-                        r.error_reason = None;
-                        r.host_key = host_key;
-                    }))
+                    .update(
+                        id,
+                        Box::new(move |r| {
+                            r.state = VmState::Running;
+                            r.booted_at = Some(t);
+                            r.error_reason = None;
+                            r.host_key = host_key;
+                        }),
+                    )
                     .await?;
                 self.stats.observe_boot(started.elapsed().as_secs_f64());
                 self.emit_state(id, VmState::Running, None);

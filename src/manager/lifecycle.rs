@@ -66,11 +66,14 @@ impl Manager {
         let stored = reason.clone();
         let rec = self
             .catalog
-            .update(id, Box::new(move |r| {
-                r.state = state;
-                r.error_reason = stored;
-                r.ssh_port = None;
-            }))
+            .update(
+                id,
+                Box::new(move |r| {
+                    r.state = state;
+                    r.error_reason = stored;
+                    r.ssh_port = None;
+                }),
+            )
             .await?;
         self.emit_state(id, state, reason);
         Ok(rec)
@@ -143,29 +146,32 @@ impl Manager {
         let id = id.to_string();
         let slot = self.slot(&id);
         let span = tracing::info_span!("vm", vm_id = %id);
-        tokio::spawn(tracing::Instrument::instrument(async move {
-            let _guard = guard;
-            let res = match timeout_override {
-                Some(s) => me.boot_with_timeout(&id, cancel, s).await,
-                None => me.boot(&id, cancel).await,
-            };
-            *slot.cancel.lock().unwrap_or_else(|p| p.into_inner()) = None;
-            match res {
-                Ok(()) => {
-                    if let Some(t0) = t0 {
-                        me.stats.observe_create(t0.elapsed().as_secs_f64());
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let _guard = guard;
+                let res = match timeout_override {
+                    Some(s) => me.boot_with_timeout(&id, cancel, s).await,
+                    None => me.boot(&id, cancel).await,
+                };
+                *slot.cancel.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                match res {
+                    Ok(()) => {
+                        if let Some(t0) = t0 {
+                            me.stats.observe_create(t0.elapsed().as_secs_f64());
+                        }
+                    }
+                    Err(ManagerError::Busy(_)) => {} // cancelled: the stop/delete that cancelled it writes the state
+                    Err(e) => {
+                        let reason = e.to_string();
+                        tracing::warn!(vm_id = %id, error = %reason, "boot failed");
+                        if let Err(e) = me.set_state(&id, VmState::Error, Some(reason)).await {
+                            tracing::error!(vm_id = %id, error = %e, "could not record the boot failure");
+                        }
                     }
                 }
-                Err(ManagerError::Busy(_)) => {} // cancelled: the stop/delete that cancelled it writes the state
-                Err(e) => {
-                    let reason = e.to_string();
-                    tracing::warn!(vm_id = %id, error = %reason, "boot failed");
-                    if let Err(e) = me.set_state(&id, VmState::Error, Some(reason)).await {
-                        tracing::error!(vm_id = %id, error = %e, "could not record the boot failure");
-                    }
-                }
-            }
-        }, span));
+            },
+            span,
+        ));
     }
 
     async fn boot_with_timeout(self: &Arc<Self>, id: &str, cancel: CancellationToken, secs: u64) -> Result<()> {
@@ -199,10 +205,13 @@ impl Manager {
             return Ok(rec);
         }
         self.catalog
-            .update(id, Box::new(|r| {
-                r.state = VmState::Provisioning;
-                r.error_reason = None;
-            }))
+            .update(
+                id,
+                Box::new(|r| {
+                    r.state = VmState::Provisioning;
+                    r.error_reason = None;
+                }),
+            )
             .await?;
         self.emit_state(id, VmState::Provisioning, Some("start".into()));
         self.spawn_boot(id, guard, cancel, None, None);
@@ -235,11 +244,14 @@ impl Manager {
         let (guard, cancel) = self.try_boot_op(&slot, "reboot")?;
         self.kill_running(id, Duration::from_secs(15)).await;
         self.catalog
-            .update(id, Box::new(|r| {
-                r.state = VmState::Provisioning;
-                r.error_reason = None;
-                r.ssh_port = None;
-            }))
+            .update(
+                id,
+                Box::new(|r| {
+                    r.state = VmState::Provisioning;
+                    r.error_reason = None;
+                    r.ssh_port = None;
+                }),
+            )
             .await?;
         self.emit_state(id, VmState::Provisioning, Some("reboot".into()));
         self.spawn_boot(id, guard, cancel, None, None);
@@ -328,15 +340,18 @@ impl Manager {
                         *slot.pool.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(pool));
                         let stored = me
                             .catalog
-                            .update(&id, Box::new(move |r| {
-                                r.state = VmState::Running;
-                                r.ssh_port = Some(port);
-                                r.error_reason = None;
-                                r.host_key = host_key;
-                                if r.booted_at.is_none() {
-                                    r.booted_at = Some(now());
-                                }
-                            }))
+                            .update(
+                                &id,
+                                Box::new(move |r| {
+                                    r.state = VmState::Running;
+                                    r.ssh_port = Some(port);
+                                    r.error_reason = None;
+                                    r.host_key = host_key;
+                                    if r.booted_at.is_none() {
+                                        r.booted_at = Some(now());
+                                    }
+                                }),
+                            )
                             .await;
                         match stored {
                             Ok(_) => {

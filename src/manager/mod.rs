@@ -165,18 +165,11 @@ impl Manager {
 
     pub fn running_pids(&self) -> Vec<(String, i32)> {
         let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots
-            .iter()
-            .filter_map(|(id, s)| s.running.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|r| (id.clone(), r.pid)))
-            .collect()
+        slots.iter().filter_map(|(id, s)| s.running.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|r| (id.clone(), r.pid))).collect()
     }
 
     pub async fn pools(&self) -> Vec<(String, Arc<Pool>)> {
-        let slots: Vec<(String, Arc<Slot>)> =
-            self.slots.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        slots
-            .into_iter()
-            .filter_map(|(id, s)| s.pool.lock().unwrap_or_else(|p| p.into_inner()).clone().map(|p| (id, p)))
-            .collect()
+        let slots: Vec<(String, Arc<Slot>)> = self.slots.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        slots.into_iter().filter_map(|(id, s)| s.pool.lock().unwrap_or_else(|p| p.into_inner()).clone().map(|p| (id, p))).collect()
     }
 }

@@ -17,20 +17,23 @@ impl Manager {
         let me = self.clone();
         let (vid, stop_flag) = (id.to_string(), stopping.clone());
         let span = tracing::info_span!("vm.watch", vm_id = %id, pid);
-        tokio::spawn(tracing::Instrument::instrument(async move {
-            let status = child.wait().await;
-            let _ = tx.send(true);
-            let desc = match status {
-                Ok(s) => match (s.code(), std::os::unix::process::ExitStatusExt::signal(&s)) {
-                    (Some(0), _) => None,
-                    (Some(c), _) => Some(format!("exit code {c}")),
-                    (None, Some(sig)) => Some(format!("killed by signal {sig}")),
-                    _ => Some("unknown status".to_string()),
-                },
-                Err(e) => Some(format!("wait failed: {e}")),
-            };
-            me.on_exit(&vid, pid, port, &stop_flag, desc).await;
-        }, span));
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let status = child.wait().await;
+                let _ = tx.send(true);
+                let desc = match status {
+                    Ok(s) => match (s.code(), std::os::unix::process::ExitStatusExt::signal(&s)) {
+                        (Some(0), _) => None,
+                        (Some(c), _) => Some(format!("exit code {c}")),
+                        (None, Some(sig)) => Some(format!("killed by signal {sig}")),
+                        _ => Some("unknown status".to_string()),
+                    },
+                    Err(e) => Some(format!("wait failed: {e}")),
+                };
+                me.on_exit(&vid, pid, port, &stop_flag, desc).await;
+            },
+            span,
+        ));
         Running { pid, port, exited: rx, stopping }
     }
 
@@ -40,13 +43,16 @@ impl Manager {
         let me = self.clone();
         let (vid, stop_flag) = (id.to_string(), stopping.clone());
         let span = tracing::info_span!("vm.watch", vm_id = %id, pid);
-        tokio::spawn(tracing::Instrument::instrument(async move {
-            while process::is_alive(pid) {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            let _ = tx.send(true);
-            me.on_exit(&vid, pid, port, &stop_flag, Some("exited (adopted process; status unknown)".into())).await;
-        }, span));
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                while process::is_alive(pid) {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                let _ = tx.send(true);
+                me.on_exit(&vid, pid, port, &stop_flag, Some("exited (adopted process; status unknown)".into())).await;
+            },
+            span,
+        ));
         Running { pid, port, exited: rx, stopping }
     }
 

@@ -65,10 +65,7 @@ impl BaseImage {
         } else if candidate.is_file() {
             (candidate.parent().map(Path::to_path_buf).unwrap_or_default(), Some(candidate.clone()))
         } else {
-            return Err(QemuError::Image(format!(
-                "base image {} not found (build one with guest/build.sh, or set VM_BASE_IMAGE)",
-                candidate.display()
-            )));
+            return Err(QemuError::Image(format!("base image {} not found (build one with guest/build.sh, or set VM_BASE_IMAGE)", candidate.display())));
         };
         let manifest_path = dir.join("manifest.json");
         let manifest: Option<Manifest> = if manifest_path.is_file() {

@@ -45,7 +45,9 @@ pub async fn install(enabled: bool, run_as: Option<(u32, u32)>) -> IsolationStat
         return IsolationStatus::off("disabled by VM_ISOLATION=off: guests can reach the host's loopback via 10.0.2.2");
     }
     if !nix::unistd::geteuid().is_root() {
-        return IsolationStatus::off("not running as root: QEMU cannot run as a separate uid and no nftables rule can be set; guests can reach the host's loopback via 10.0.2.2");
+        return IsolationStatus::off(
+            "not running as root: QEMU cannot run as a separate uid and no nftables rule can be set; guests can reach the host's loopback via 10.0.2.2",
+        );
     }
     let Some((uid, _)) = run_as else {
         return IsolationStatus::off("no unprivileged user for QEMU: create user `vmnet` (scripts/setup.sh does) or set VM_RUN_AS_UID; guests can reach the host's loopback via 10.0.2.2");
@@ -59,7 +61,9 @@ pub async fn install(enabled: bool, run_as: Option<(u32, u32)>) -> IsolationStat
             mechanism: format!("QEMU as uid {uid}; nftables table inet {TABLE}: new loopback connections from that uid are refused (DNS excepted)"),
             detail: String::new(),
         },
-        Err(e) => IsolationStatus::off(format!("could not load the nftables rule ({e}); install the `nftables` package; guests can reach the host's loopback via 10.0.2.2")),
+        Err(e) => IsolationStatus::off(format!(
+            "could not load the nftables rule ({e}); install the `nftables` package; guests can reach the host's loopback via 10.0.2.2"
+        )),
     }
 }
 

@@ -106,11 +106,11 @@ pub async fn create(qemu_img: &str, base: &Path, overlay: &Path, disk_gib: u32) 
 
 async fn create_with_qemu_img(qemu_img: &str, base: &Path, tmp: &Path, wanted: u64) -> Result<u64, QemuError> {
     let info = run(qemu_img, "qemu-img info", |c| c.args(["info", "--output=json", "-U"]).arg(base)).await?;
-    let v: serde_json::Value =
-        serde_json::from_slice(&info).map_err(|e| QemuError::Tool { tool: "qemu-img info".into(), detail: e.to_string() })?;
+    let v: serde_json::Value = serde_json::from_slice(&info).map_err(|e| QemuError::Tool { tool: "qemu-img info".into(), detail: e.to_string() })?;
     let base_size = v["virtual-size"].as_u64().ok_or_else(|| QemuError::Tool { tool: "qemu-img info".into(), detail: "no virtual-size".into() })?;
     let size = wanted.max(base_size);
-    let created = run(qemu_img, "qemu-img create", |c| c.args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"]).arg(base).arg(tmp).arg(size.to_string())).await;
+    let created =
+        run(qemu_img, "qemu-img create", |c| c.args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"]).arg(base).arg(tmp).arg(size.to_string())).await;
     if created.is_err() {
         let _ = std::fs::remove_file(tmp);
     }

@@ -35,10 +35,7 @@ pub fn write(path: &Path, user_data: &str, meta_data: &str) -> Result<(), QemuEr
             let mut buf = fscommon::BufStream::new(&file);
             fatfs::format_volume(
                 &mut buf,
-                fatfs::FormatVolumeOptions::new()
-                    .volume_label(*b"CIDATA     ")
-                    .fat_type(fatfs::FatType::Fat12)
-                    .volume_id(rand::random()),
+                fatfs::FormatVolumeOptions::new().volume_label(*b"CIDATA     ").fat_type(fatfs::FatType::Fat12).volume_id(rand::random()),
             )?;
             {
                 let fs = fatfs::FileSystem::new(&mut buf, fatfs::FsOptions::new())?;

@@ -23,12 +23,8 @@ pub fn image_dir() -> PathBuf {
     let fd = std::os::fd::AsRawFd::as_raw_fd(&lock);
     unsafe { libc_flock(fd) };
     if !dir.join("manifest.json").is_file() {
-        let status = Command::new("bash")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/guest/build.sh"))
-            .arg("--out")
-            .arg(&dir)
-            .status()
-            .expect("running guest/build.sh");
+        let status =
+            Command::new("bash").arg(concat!(env!("CARGO_MANIFEST_DIR"), "/guest/build.sh")).arg("--out").arg(&dir).status().expect("running guest/build.sh");
         assert!(status.success(), "guest/build.sh failed");
     }
     dir
@@ -279,9 +275,7 @@ pub fn kill_pid(pid: i32, sig: i32) {
 
 /// Whether the tests run as root (isolation and tmpfs tests need it).
 pub fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false)
+    std::fs::read_to_string("/proc/self/status").map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))).unwrap_or(false)
 }
 
 /// Reads a Server-Sent Events response event by event: (event name, JSON data).
