@@ -108,6 +108,14 @@ pub struct Settings {
     /// Largest execute-sh timeout a request may ask for, in seconds.
     #[arg(long, env = "EXEC_MAX_TIMEOUT_S", default_value_t = 3600)]
     pub exec_max_timeout_s: u64,
+    /// Host ports for the VMs' SSH forwards, LOW-HIGH; best outside the kernel's ephemeral
+    /// range (net.ipv4.ip_local_port_range), so no other process's connection takes one.
+    #[arg(long, env = "VM_PORT_RANGE", default_value = "20000-29999")]
+    pub vm_port_range: String,
+    /// Size kept of each VM's serial console log in KiB: the live log is moved to
+    /// console.log.1 whenever it reaches half of this.
+    #[arg(long, env = "VM_CONSOLE_LOG_MAX_KIB", default_value_t = 8192)]
+    pub vm_console_log_max_kib: u64,
     /// Log format: text or json (JSON lines).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -168,6 +176,8 @@ pub struct Resolved {
     pub max_disk_gib: u32,
     pub exec_timeout_s: u64,
     pub exec_max_timeout_s: u64,
+    pub port_range: std::ops::RangeInclusive<u16>,
+    pub console_log_max_bytes: u64,
 }
 
 impl Resolved {
@@ -233,6 +243,8 @@ impl Settings {
             min_free_disk_mib: self.vm_min_free_disk_mib,
             exec_timeout_s: self.exec_timeout_s.max(1),
             exec_max_timeout_s: self.exec_max_timeout_s.max(1),
+            port_range: crate::qemu::ports::parse_range(&self.vm_port_range).map_err(|e| anyhow::anyhow!("VM_PORT_RANGE: {e}"))?,
+            console_log_max_bytes: self.vm_console_log_max_kib.max(256) * 1024,
         })
     }
 }
@@ -244,7 +256,7 @@ fn resolve_token(given: Option<&str>, base_dir: &Path) -> anyhow::Result<(String
             bail!("AUTH_TOKEN is empty; unset it to have a strong token generated, or set a strong one");
         }
         if WELL_KNOWN_TOKENS.contains(&t.to_ascii_lowercase().as_str()) || t.len() < 12 {
-            bail!("AUTH_TOKEN {t:?} is well known or shorter than 12 characters; refusing to run with it");
+            bail!("AUTH_TOKEN is a well-known value or shorter than 12 characters; refusing to run with it");
         }
         return Ok((t.to_string(), None));
     }

@@ -5,7 +5,6 @@ pub mod catalog;
 pub mod config;
 pub mod guest;
 pub mod manager;
-pub mod metrics;
 pub mod model;
 pub mod qemu;
 pub mod serve;

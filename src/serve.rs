@@ -139,7 +139,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         None => println!("vm-service: API token from AUTH_TOKEN"),
     }
     let listener = tokio::net::TcpListener::bind(&cfg.listen_addr).await.with_context(|| format!("binding {}", cfg.listen_addr))?;
-    println!("vm-service: listening on http://{} (catalog: {}, data: {})", listener.local_addr()?, mgr.catalog.kind(), cfg.base_dir.display());
+    println!("vm-service: listening on http://{} (catalog: {}, data: {})", listener.local_addr()?, mgr.catalog_kind(), cfg.base_dir.display());
     tracing::info!(addr = %cfg.listen_addr, node = %cfg.node_name, "vm-service ready");
     let app = api::router(AppState { mgr: mgr.clone(), token: Arc::new(cfg.auth_token.clone()) });
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("serving HTTP")?;

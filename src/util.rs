@@ -1,5 +1,5 @@
-//! Small helpers with no I/O policy of their own: private file writes, POSIX shell
-//! quoting and guest path joining.
+//! Small helpers with no I/O policy of their own: private files and directories, UTF-8
+//! cutting of byte streams, guest path joining.
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -15,12 +15,45 @@ pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Quotes one word for a POSIX shell: the result is always a single literal word.
-pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+=:,@%".contains(&b)) {
-        return s.to_string();
+/// Opens (creating when missing, mode 0600) a file for writing, without truncating it.
+pub fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(path)
+}
+
+/// Creates a directory (and its parents) with mode 0700 for the last one.
+pub fn private_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
     }
-    format!("'{}'", s.replace('\'', r"'\''"))
+    match std::fs::DirBuilder::new().mode(0o700).create(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        other => other?,
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Cuts a byte stream into UTF-8 text where it is valid: returns the text of `carry` +
+/// `chunk` up to an incomplete character at its end (kept in `carry` for the next chunk),
+/// or Err(bytes) when the bytes are not UTF-8 at all.
+pub fn utf8_piece(carry: &mut Vec<u8>, chunk: &[u8]) -> Result<String, Vec<u8>> {
+    carry.extend_from_slice(chunk);
+    let buf = std::mem::take(carry);
+    match String::from_utf8(buf) {
+        Ok(s) => Ok(s),
+        Err(e) => {
+            let err = e.utf8_error();
+            let mut bytes = e.into_bytes();
+            if err.error_len().is_none() {
+                // Only an incomplete character at the end: keep it for the next chunk.
+                *carry = bytes.split_off(err.valid_up_to());
+                Ok(String::from_utf8(bytes).unwrap_or_default())
+            } else {
+                Err(bytes)
+            }
+        }
+    }
 }
 
 /// Normalises an absolute guest path lexically (`.` and `..` resolved, no trailing `/`).
@@ -106,10 +139,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn quoting_survives_quotes_and_separators() {
-        assert_eq!(shell_quote("abc"), "abc");
-        assert_eq!(shell_quote(""), "''");
-        assert_eq!(shell_quote("a b'c;d"), r"'a b'\''c;d'");
+    fn utf8_split_across_chunks_is_joined_and_invalid_bytes_are_returned_raw() {
+        let mut carry = Vec::new();
+        let euro = "€".as_bytes(); // 3 bytes
+        assert_eq!(utf8_piece(&mut carry, &[b'a', euro[0]]), Ok("a".into()));
+        assert_eq!(carry, vec![euro[0]]);
+        assert_eq!(utf8_piece(&mut carry, &euro[1..]), Ok("€".into()));
+        assert!(carry.is_empty());
+        assert_eq!(utf8_piece(&mut carry, b"\xff\xfeok"), Err(b"\xff\xfeok".to_vec()));
+        assert!(carry.is_empty());
+        assert_eq!(utf8_piece(&mut carry, b""), Ok(String::new()));
     }
 
     #[test]

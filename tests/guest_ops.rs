@@ -9,6 +9,11 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 const WEIRD_DIR: &str = "x y";
+
+/// One shell word for a test command.
+fn quoted(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
 const WEIRD: &str = "a b'c;d.txt";
 
 async fn files(s: &Service, id: &str) {
@@ -108,7 +113,7 @@ async fn files(s: &Service, id: &str) {
     assert_eq!(r.status(), 400, "a directory is not a file");
     let r = put(vec![("path", format!("/root/{WEIRD_DIR}/m.sh")), ("mode", "0750".into())], "#!/bin/sh\necho m\n".into()).await.unwrap();
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
-    let v = s.exec(&id, &format!("cd /root && stat -c %a {q} && {q}", q = vm_service::util::shell_quote(&format!("./{WEIRD_DIR}/m.sh")))).await;
+    let v = s.exec(&id, &format!("cd /root && stat -c %a {q} && {q}", q = quoted(&format!("./{WEIRD_DIR}/m.sh")))).await;
     assert_eq!(v["stdout"], "750\nm\n", "{v}");
 
     // 64 MiB round trip, byte-identical, streamed both ways: the service's peak RSS must

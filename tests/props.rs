@@ -1,11 +1,10 @@
-//! Property tests for the path joiner and the shell quoting that every guest command
-//! (search, download-folder, clean, list-dirs) is built with: no input escapes the
-//! destination or the quotes. Quoted commands are run by the real /bin/sh (dash) and bash.
+//! Property tests for the path joiner and the guest command builder (guest::cmd) that
+//! every guest command is made with: no input escapes the destination or its quotes, and
+//! no path operand is read as an option. Commands are run by the real /bin/sh (dash) and bash.
 use proptest::prelude::*;
 use std::process::Command;
-use vm_service::guest::files::{archive_command, ArchiveFormat};
-use vm_service::guest::search::{command as grep_command, SearchSpec};
-use vm_service::util::{join_under, normalize_abs, shell_quote};
+use vm_service::guest::cmd::{self, Grep, Script, Word};
+use vm_service::util::{join_under, normalize_abs};
 
 /// Path-ish strings: segments of dots, slashes, quotes, spaces, `$`, `;`, unicode.
 fn pathish() -> impl Strategy<Value = String> {
@@ -44,22 +43,28 @@ proptest! {
 
     #[test]
     fn quoted_strings_reach_the_command_verbatim(s in hostile()) {
-        let script = format!("printf '%s' {}; printf END", shell_quote(&s));
+        let script = Script::new("printf '%s' @@; printf END", &[Word::arg(&s)]);
         for shell in ["/bin/sh", "bash"] {
-            prop_assert_eq!(run(shell, &script), format!("{s}END").into_bytes());
+            prop_assert_eq!(run(shell, script.as_str()), format!("{s}END").into_bytes());
         }
     }
 
     #[test]
+    fn path_operands_are_never_options(p in hostile()) {
+        // `find` takes no `--`: a path beginning with `-` must still be a path.
+        let script = Script::new("printf '%s\\0' @@", &[Word::path(&p)]);
+        let out = run("/bin/sh", script.as_str());
+        let arg = String::from_utf8_lossy(out.split(|b| *b == 0).next().unwrap_or_default()).into_owned();
+        prop_assert!(!arg.starts_with('-'), "{:?} reaches the command as {:?}", p, arg);
+        prop_assert!(arg == p || arg == format!("./{p}"), "{:?} became {:?}", p, arg);
+    }
+
+    #[test]
     fn search_tokens_arrive_as_single_arguments(pattern in hostile(), root in hostile(), glob in hostile(), dir in hostile()) {
-        let spec = SearchSpec {
-            pattern: pattern.clone(), root: root.clone(), case_insensitive: false,
-            include_globs: vec![glob.clone()], exclude_dirs: vec![dir.clone()],
-            max_results_total: None, timeout: std::time::Duration::from_secs(1),
-        };
-        let cmd = grep_command(&spec);
+        let (globs, dirs) = (vec![glob.clone()], vec![dir.clone()]);
+        let grep = cmd::grep(&Grep { pattern: &pattern, root: &root, case_insensitive: false, include_globs: &globs, exclude_dirs: &dirs });
         // Swap grep for printf to see the argument vector the shell built.
-        let argv_cmd = format!("printf '%s\\0' {}", cmd.strip_prefix("grep ").unwrap());
+        let argv_cmd = format!("printf '%s\\0' {}", grep.as_str().strip_prefix("grep ").unwrap());
         let out = run("/bin/sh", &argv_cmd);
         let args: Vec<String> = out.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
         let mut want = vec!["-RInI".to_string()];
@@ -77,8 +82,8 @@ proptest! {
         let dir = parent.join(&name);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("inside.txt"), b"x").unwrap();
-        let cmd = archive_command(&dir.to_string_lossy(), ArchiveFormat::TarGz);
-        let listing = run("/bin/sh", &format!("{cmd} | tar -tzf -"));
+        let tar = cmd::tar_gz_of(&dir.to_string_lossy());
+        let listing = run("/bin/sh", &format!("{} | tar -tzf -", tar.as_str()));
         let listing = String::from_utf8_lossy(&listing);
         prop_assert!(listing.lines().any(|l| l == "./inside.txt"), "{}", listing);
         let _ = std::fs::remove_dir_all(&parent);

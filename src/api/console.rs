@@ -6,21 +6,29 @@ use super::sse;
 use super::AppState;
 use axum::extract::{Path, State};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct TailQuery {
-    /// Lines to return (default 120, at most 10000).
-    pub lines: Option<usize>,
+    /// Lines to return (default 120; more than 10000 are cut to 10000).
+    #[param(minimum = 1)]
+    pub lines: Option<u32>,
 }
 
-#[utoipa::path(get, path = "/vms/{vm_id}/console/tail", params(TailQuery), responses((status = 200, description = "{vm_id, lines, console}"), (status = 404)))]
-pub async fn tail(State(st): State<AppState>, Path(vm_id): Path<String>, ApiQuery(q): ApiQuery<TailQuery>) -> Result<Json<Value>, ApiError> {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ConsoleTail {
+    pub vm_id: String,
+    pub lines: u32,
+    pub console: String,
+}
+
+#[utoipa::path(get, path = "/vms/{vm_id}/console/tail", params(TailQuery), responses((status = 200, body = ConsoleTail), (status = 404)))]
+pub async fn tail(State(st): State<AppState>, Path(vm_id): Path<String>, ApiQuery(q): ApiQuery<TailQuery>) -> Result<Json<ConsoleTail>, ApiError> {
     st.mgr.get(&vm_id).await?;
     let lines = q.lines.unwrap_or(120).clamp(1, 10_000);
-    let console = crate::manager::console::console_tail(&st.mgr.files(&vm_id).console, lines);
-    Ok(Json(json!({ "vm_id": vm_id, "lines": lines, "console": console })))
+    let console = st.mgr.console_tail(&vm_id, lines as usize).await;
+    Ok(Json(ConsoleTail { vm_id, lines, console }))
 }
 
 #[utoipa::path(get, path = "/vms/{vm_id}/console/stream", params(TailQuery), responses(
@@ -35,10 +43,9 @@ pub async fn stream(
 ) -> Result<axum::response::sse::Sse<impl futures::Stream<Item = Result<sse::Event, std::convert::Infallible>>>, ApiError> {
     use crate::manager::console::ConsoleChunk;
     use futures::StreamExt;
-    st.mgr.get(&vm_id).await?;
     let lines = q.lines.unwrap_or(120).clamp(1, 10_000);
     let mut carry = Vec::new();
-    let events = st.mgr.follow_console(&vm_id, lines).filter_map(move |chunk| {
+    let events = st.mgr.follow_console(&vm_id, lines as usize).await?.filter_map(move |chunk| {
         let ev = match chunk {
             ConsoleChunk::Bytes(b) => sse::piece(&mut carry, &b).map(|d| sse::event("console", &d)),
             ConsoleChunk::Reset => {

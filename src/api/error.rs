@@ -1,7 +1,5 @@
 //! The one place where errors become HTTP responses.
-use crate::catalog::CatalogError;
-use crate::guest::GuestError;
-use crate::manager::ManagerError;
+use crate::manager::{ErrorKind, ManagerError};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -27,12 +25,6 @@ impl From<ManagerError> for ApiError {
     }
 }
 
-impl From<GuestError> for ApiError {
-    fn from(e: GuestError) -> Self {
-        ApiError::Manager(ManagerError::Guest(e))
-    }
-}
-
 pub fn detail(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(json!({ "detail": msg.into() }))).into_response()
 }
@@ -43,17 +35,16 @@ pub fn validation(loc: &[&str], msg: impl Into<String>) -> ApiError {
 
 /// Status for a manager error.
 fn status_of(e: &ManagerError) -> StatusCode {
-    match e {
-        ManagerError::NotFound => StatusCode::NOT_FOUND,
-        ManagerError::NotRunning | ManagerError::Busy(_) => StatusCode::CONFLICT,
-        ManagerError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-        ManagerError::Capacity(_) => StatusCode::INSUFFICIENT_STORAGE,
-        ManagerError::Catalog(CatalogError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
-        ManagerError::Guest(GuestError::BadPath(_) | GuestError::Upload(_)) => StatusCode::BAD_REQUEST,
-        ManagerError::Guest(GuestError::NotFound(_)) => StatusCode::NOT_FOUND,
-        ManagerError::Guest(GuestError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
-        ManagerError::Guest(_) => StatusCode::BAD_GATEWAY,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    match e.kind() {
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorKind::Capacity => StatusCode::INSUFFICIENT_STORAGE,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+        ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::Guest => StatusCode::BAD_GATEWAY,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

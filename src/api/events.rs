@@ -21,7 +21,7 @@ fn current(rec: &crate::model::VmRecord) -> Event {
 }
 
 fn stream_for(st: &AppState, initial: Vec<Event>, filter: Option<String>) -> impl Stream<Item = Result<SseEvent, Infallible>> {
-    let rx = BroadcastStream::new(st.mgr.events.subscribe());
+    let rx = BroadcastStream::new(st.mgr.subscribe());
     let live = rx.filter_map(move |e| {
         let keep = e.filter(|e| filter.as_deref().is_none_or(|id| id == e.vm_id));
         async move { keep.map(|e| Ok(to_sse(&e))) }
@@ -37,7 +37,7 @@ pub async fn vm_events(State(st): State<AppState>, Path(vm_id): Path<String>) ->
 
 #[utoipa::path(get, path = "/events", responses((status = 200, description = "text/event-stream for every VM of the node")))]
 pub async fn all_events(State(st): State<AppState>) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    let recs = st.mgr.catalog.list().await.map_err(crate::manager::ManagerError::from)?;
+    let recs = st.mgr.list().await?;
     Ok(Sse::new(stream_for(&st, recs.iter().map(current).collect(), None)).keep_alive(KeepAlive::default()))
 }
 

@@ -4,13 +4,12 @@
 use super::json::ApiJson;
 use super::sse;
 use super::AppState;
-use crate::guest::exec::{self, OUTPUT_CAP};
+use crate::manager::guest_ops::{Chunk, ExecRequest};
 use crate::manager::ManagerError;
 use axum::extract::{Path, State};
 use axum::Json;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
-use std::time::Duration;
 use utoipa::ToSchema;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -69,51 +68,60 @@ fn fail(reason: String) -> ExecResponse {
 }
 
 impl VmSh {
-    /// The shell text to run (cwd/env applied) and its timeout in seconds (default
-    /// EXEC_TIMEOUT_S, at most EXEC_MAX_TIMEOUT_S).
-    fn prepare(&self, cfg: &crate::config::Resolved) -> Result<(String, f64), exec::ContextError> {
-        let env: Vec<(String, String)> = self.env.clone().unwrap_or_default().into_iter().collect();
-        let command = exec::with_context(&self.command, self.cwd.as_deref(), &env)?;
-        let secs = self.timeout.filter(|t| t.is_finite() && *t > 0.0).unwrap_or(cfg.exec_timeout_s as f64).min(cfg.exec_max_timeout_s as f64);
-        Ok((command, secs))
+    fn request(&self) -> ExecRequest {
+        ExecRequest {
+            command: self.command.clone(),
+            cwd: self.cwd.clone(),
+            env: self.env.clone().unwrap_or_default().into_iter().collect(),
+            timeout_s: self.timeout,
+        }
     }
+}
+
+/// The original's `reason`: "Result: <stdout>\nError: <stderr>", each part only when not
+/// blank, the whole trimmed.
+pub fn legacy_reason(stdout: &str, stderr: &str) -> String {
+    let mut r = String::new();
+    if !stdout.trim().is_empty() {
+        r.push_str("Result: ");
+        r.push_str(stdout);
+        r.push('\n');
+    }
+    if !stderr.trim().is_empty() {
+        r.push_str("Error: ");
+        r.push_str(stderr);
+        r.push('\n');
+    }
+    r.trim().to_string()
 }
 
 #[utoipa::path(post, path = "/vms/{vm_id}/execute-sh", request_body = VmSh, responses((status = 200, body = ExecResponse)))]
 pub async fn execute_sh(State(st): State<AppState>, Path(vm_id): Path<String>, ApiJson(body): ApiJson<VmSh>) -> Json<ExecResponse> {
-    let pool = match st.mgr.pool(&vm_id).await {
-        Ok(p) => p,
+    let done = match st.mgr.exec(&vm_id, &body.request()).await {
+        Ok(d) => d,
         Err(ManagerError::NotFound) => return Json(fail("VM doesn't exist".into())),
         Err(ManagerError::NotRunning) => return Json(fail("VM is not running".into())),
-        Err(e) => return Json(fail(e.to_string())),
+        Err(e) => return Json(fail(format!("could not run the command: {e}"))),
     };
-    let (command, secs) = match body.prepare(&st.mgr.cfg) {
-        Ok(p) => p,
-        Err(e) => return Json(fail(format!("could not run the command: {}", e.message))),
-    };
-    match exec::run(&pool, &command, Duration::from_secs_f64(secs), OUTPUT_CAP).await {
-        Err(e) => Json(fail(format!("could not run the command: {e}"))),
-        Ok(o) => {
-            let (stdout, stdout_encoding) = text(o.stdout);
-            let (stderr, stderr_encoding) = text(o.stderr);
-            let mut reason = exec::legacy_reason(&stdout, &stderr);
-            if o.timed_out {
-                reason = format!("{reason}\nError: timed out after {secs} s").trim().to_string();
-            }
-            Json(ExecResponse {
-                ok: true,
-                reason,
-                stdout,
-                stderr,
-                stdout_encoding,
-                stderr_encoding,
-                exit_code: o.exit_code,
-                signal: o.signal,
-                timed_out: o.timed_out,
-                truncated: o.truncated,
-            })
-        }
+    let o = done.output;
+    let (stdout, stdout_encoding) = text(o.stdout);
+    let (stderr, stderr_encoding) = text(o.stderr);
+    let mut reason = legacy_reason(&stdout, &stderr);
+    if o.timed_out {
+        reason = format!("{reason}\nError: timed out after {} s", done.timeout_s).trim().to_string();
     }
+    Json(ExecResponse {
+        ok: true,
+        reason,
+        stdout,
+        stderr,
+        stdout_encoding,
+        stderr_encoding,
+        exit_code: o.exit_code,
+        signal: o.signal,
+        timed_out: o.timed_out,
+        truncated: o.truncated,
+    })
 }
 
 #[utoipa::path(post, path = "/vms/{vm_id}/execute-sh/stream", request_body = VmSh, responses(
@@ -125,11 +133,7 @@ pub async fn execute_stream(
     Path(vm_id): Path<String>,
     ApiJson(body): ApiJson<VmSh>,
 ) -> Result<axum::response::sse::Sse<impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>>, super::error::ApiError> {
-    use super::error::validation;
-    use crate::guest::stream::Chunk;
-    let pool = st.mgr.pool(&vm_id).await?;
-    let (command, secs) = body.prepare(&st.mgr.cfg).map_err(|e| validation(&["body", e.field], e.message))?;
-    let rx = crate::guest::stream::start(pool, &command, Duration::from_secs_f64(secs)).await.map_err(ManagerError::from)?;
+    let rx = st.mgr.exec_stream(&vm_id, &body.request()).await?;
     struct Pump {
         rx: tokio::sync::mpsc::Receiver<Chunk>,
         out_carry: Vec<u8>,
@@ -167,4 +171,17 @@ pub async fn execute_stream(
         }
     });
     Ok(axum::response::sse::Sse::new(events).keep_alive(axum::response::sse::KeepAlive::default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn legacy_reason_matches_the_original_format() {
+        assert_eq!(legacy_reason("ok\n", ""), "Result: ok");
+        assert_eq!(legacy_reason("", "bad\n"), "Error: bad");
+        assert_eq!(legacy_reason("a\n", "b\n"), "Result: a\n\nError: b");
+        assert_eq!(legacy_reason("  \n", ""), "");
+    }
 }

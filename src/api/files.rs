@@ -2,10 +2,9 @@
 //! download-folder. upload-files keeps 200 + `{ok, reason}` (compat-critical); the others
 //! answer 404 unknown VM, 409 not running, 400 bad path.
 use super::error::{validation, ApiError};
-use super::json::ApiJson;
-use super::json::ApiQuery;
+use super::json::{ApiJson, ApiQuery};
 use super::AppState;
-use crate::guest::files::{self, ArchiveFormat, DirEntry, FailedFile, ReadOutcome, UploadFile};
+use crate::manager::guest_ops::{ArchiveFormat, ReadOutcome, UploadFile};
 use crate::manager::ManagerError;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -41,6 +40,12 @@ pub struct VmUploadFiles {
     pub files: Vec<VmFile>,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FailedFile {
+    pub path: String,
+    pub reason: String,
+}
+
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct UploadResponse {
     pub ok: bool,
@@ -64,11 +69,6 @@ pub async fn upload_files(
     ApiJson(body): ApiJson<VmUploadFiles>,
 ) -> Result<Json<UploadResponse>, ApiError> {
     let fail = |reason: String| Json(UploadResponse { ok: false, reason, failed: vec![] });
-    let pool = match st.mgr.pool(&vm_id).await {
-        Ok(p) => p,
-        Err(ManagerError::NotFound) => return Err(ManagerError::NotFound.into()),
-        Err(e) => return Ok(fail(e.to_string())),
-    };
     let dest = body.dest_path.filter(|d| !d.trim().is_empty()).unwrap_or_else(|| "/app".into());
     let clean = body.clean.unwrap_or(false);
     let files: Vec<(String, Result<UploadFile, String>)> = body
@@ -79,10 +79,12 @@ pub async fn upload_files(
             (f.path.clone(), decode(f).map(|content| UploadFile { path: f.path.clone(), content, mode }))
         })
         .collect();
-    match files::upload(&pool, &dest, clean, files).await {
+    match st.mgr.upload(&vm_id, &dest, clean, files).await {
+        Err(ManagerError::NotFound) => Err(ManagerError::NotFound.into()),
         Err(e) => Ok(fail(e.to_string())),
-        Ok(failed) if failed.is_empty() => Ok(Json(UploadResponse { ok: true, reason: String::new(), failed })),
+        Ok(failed) if failed.is_empty() => Ok(Json(UploadResponse { ok: true, reason: String::new(), failed: vec![] })),
         Ok(failed) => {
+            let failed: Vec<FailedFile> = failed.into_iter().map(|f| FailedFile { path: f.path, reason: f.reason }).collect();
             let list: Vec<String> = failed.iter().map(|f| format!("{{'path': {:?}, 'reason': {:?}}}", f.path, f.reason)).collect();
             Ok(Json(UploadResponse { ok: false, reason: format!("Failed files: [{}]", list.join(", ")), failed }))
         }
@@ -92,7 +94,7 @@ pub async fn upload_files(
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct UploadFileQuery {
     /// Absolute destination path in the guest.
-    pub path: Option<String>,
+    pub path: String,
     /// File mode in octal, e.g. `644` or `0755` (default 644).
     pub mode: Option<String>,
 }
@@ -114,11 +116,7 @@ pub async fn upload_file(
     ApiQuery(q): ApiQuery<UploadFileQuery>,
     body: Body,
 ) -> Result<(StatusCode, Json<UploadFileResponse>), ApiError> {
-    let path = q.path.filter(|p| !p.is_empty()).ok_or_else(|| ApiError::Validation {
-        loc: vec!["query".into(), "path".into()],
-        msg: "Field required".into(),
-        kind: "missing",
-    })?;
+    let path = q.path;
     if !path.starts_with('/') {
         return Err(validation(&["query", "path"], "path must be absolute"));
     }
@@ -128,11 +126,17 @@ pub async fn upload_file(
             u32::from_str_radix(m, 8).ok().filter(|m| *m <= 0o7777).ok_or_else(|| validation(&["query", "mode"], "mode must be octal digits, at most 7777"))?
         }
     };
-    let pool = st.mgr.pool(&vm_id).await?;
     let stream = futures::TryStreamExt::map_err(body.into_data_stream(), std::io::Error::other);
     let reader = tokio_util::io::StreamReader::new(stream);
-    let bytes = files::upload_stream(&pool, &path, reader, mode).await?;
+    let bytes = st.mgr.upload_stream(&vm_id, &path, reader, mode).await?;
     Ok((StatusCode::CREATED, Json(UploadFileResponse { ok: true, path: crate::util::normalize_abs(&path), bytes })))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DirEntry {
+    pub path: String,
+    pub name: String,
+    pub path_type: String,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -153,8 +157,8 @@ fn one() -> u32 {
 
 #[utoipa::path(post, path = "/vms/{vm_id}/list-dirs", request_body = VmPaths, responses((status = 200, body = [DirEntry]), (status = 404), (status = 409)))]
 pub async fn list_dirs(State(st): State<AppState>, Path(vm_id): Path<String>, ApiJson(body): ApiJson<VmPaths>) -> Result<Json<Vec<DirEntry>>, ApiError> {
-    let pool = st.mgr.pool(&vm_id).await?;
-    Ok(Json(files::list_dirs(&pool, &body.paths, body.depth).await?))
+    let entries = st.mgr.list_dirs(&vm_id, &body.paths, body.depth).await?;
+    Ok(Json(entries.into_iter().map(|e| DirEntry { path: e.path, name: e.name, path_type: e.path_type }).collect()))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -173,11 +177,10 @@ pub struct ReadFileResponse {
 
 #[utoipa::path(post, path = "/vms/{vm_id}/read-file", request_body = VmPath, responses((status = 200, body = ReadFileResponse), (status = 404), (status = 409), (status = 413)))]
 pub async fn read_file(State(st): State<AppState>, Path(vm_id): Path<String>, ApiJson(body): ApiJson<VmPath>) -> Result<Json<ReadFileResponse>, ApiError> {
-    let pool = st.mgr.pool(&vm_id).await?;
     let name = body.path.rsplit('/').next().unwrap_or("").to_string();
-    Ok(Json(match files::read_file(&pool, &body.path).await? {
+    Ok(Json(match st.mgr.read_file(&vm_id, &body.path).await? {
         ReadOutcome::Found(data) => {
-            let content = files::utf8_ignore(&data);
+            let content = utf8_ignore(&data);
             ReadFileResponse { name, length: content.chars().count(), content, found: true }
         }
         ReadOutcome::Missing => ReadFileResponse { name, content: String::new(), length: 0, found: false },
@@ -190,16 +193,26 @@ pub async fn create_dir(
     Path(vm_id): Path<String>,
     ApiJson(body): ApiJson<VmPath>,
 ) -> Result<Json<crate::model::ElementResponse>, ApiError> {
-    let pool = st.mgr.pool(&vm_id).await?;
-    Ok(Json(match files::create_dir(&pool, &body.path).await {
+    Ok(Json(match st.mgr.create_dir(&vm_id, &body.path).await {
         Ok(()) => crate::model::ElementResponse::ok(),
+        Err(e @ (ManagerError::NotFound | ManagerError::NotRunning | ManagerError::Catalog(_))) => return Err(e.into()),
         Err(e) => crate::model::ElementResponse::fail(e.to_string()),
     }))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct DownloadFileQuery {
-    pub path: Option<String>,
+    /// The file in the guest.
+    pub path: String,
+}
+
+/// Decodes as UTF-8 dropping invalid bytes (the original's errors="ignore").
+pub fn utf8_ignore(data: &[u8]) -> String {
+    let mut s = String::with_capacity(data.len());
+    for chunk in data.utf8_chunks() {
+        s.push_str(chunk.valid());
+    }
+    s
 }
 
 pub fn content_type_for(name: &str) -> String {
@@ -245,11 +258,10 @@ fn stream_body(rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, std::io::Err
 
 #[utoipa::path(get, path = "/vms/{vm_id}/download-file", params(DownloadFileQuery), responses((status = 200, description = "file bytes"), (status = 400), (status = 404), (status = 409), (status = 422)))]
 pub async fn download_file(State(st): State<AppState>, Path(vm_id): Path<String>, ApiQuery(q): ApiQuery<DownloadFileQuery>) -> Result<Response, ApiError> {
-    let path = q.path.ok_or_else(|| ApiError::Validation { loc: vec!["query".into(), "path".into()], msg: "Field required".into(), kind: "missing" })?;
-    let pool = st.mgr.pool(&vm_id).await?;
+    let path = q.path;
     // Errors are honest 4xx/5xx with a JSON detail (the platform passes 4xx bodies through),
     // not the original's 200 + ok:false.
-    let dl = files::download_file(&pool, &path).await?;
+    let dl = st.mgr.download_file(&vm_id, &path).await?;
     let name = path.trim_end_matches('/').rsplit('/').next().filter(|s| !s.is_empty()).unwrap_or("download").to_string();
     let mut resp = stream_body(dl.body).into_response();
     let h = resp.headers_mut();
@@ -261,8 +273,10 @@ pub async fn download_file(State(st): State<AppState>, Path(vm_id): Path<String>
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct DownloadFolderQuery {
+    /// The folder in the guest (default /app).
     pub root: Option<String>,
     /// zip (default) or tar.gz
+    #[param(pattern = r"^(zip|tar\.gz)$")]
     pub prefer_fmt: Option<String>,
 }
 
@@ -274,9 +288,7 @@ pub async fn download_folder(State(st): State<AppState>, Path(vm_id): Path<Strin
         _ => return Err(validation(&["query", "prefer_fmt"], "String should match pattern '^(zip|tar\\.gz)$'")),
     };
     let root = q.root.filter(|r| !r.is_empty()).unwrap_or_else(|| "/app".into());
-    let pool = st.mgr.pool(&vm_id).await?;
-    let fmt = files::archive_format(&pool, &root, prefer_zip).await?;
-    let rx = files::download_folder(&pool, &root, fmt).await?;
+    let (fmt, rx) = st.mgr.download_folder(&vm_id, &root, prefer_zip).await?;
     let base = root.trim_end_matches('/').rsplit('/').next().filter(|s| !s.is_empty()).unwrap_or("archive").to_string();
     let (ctype, name) = match fmt {
         ArchiveFormat::Zip => ("application/zip", format!("{base}.zip")),
@@ -287,4 +299,14 @@ pub async fn download_folder(State(st): State<AppState>, Path(vm_id): Path<Strin
     resp.headers_mut().insert(header::CONTENT_DISPOSITION, disposition(&name));
     *resp.status_mut() = StatusCode::OK;
     Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utf8_ignore_drops_invalid_bytes() {
+        assert_eq!(utf8_ignore(b"a\xffb\xc3\xa9"), "abé");
+    }
 }

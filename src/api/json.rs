@@ -1,13 +1,48 @@
-//! JSON bodies and query strings with FastAPI-compatible 422s that name the field.
+//! JSON bodies and query strings, checked against the request's published schema
+//! (schema_check.rs) and then read into their types; a refusal is a FastAPI-shaped 422
+//! naming the field.
 use super::error::ApiError;
+use super::schema_check::{Checker, Violation};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+use std::any::TypeId;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
-pub struct ApiJson<T>(pub T);
+/// A type's schema and the components it refers to, as JSON (computed once per type).
+struct Compiled {
+    schema: Value,
+    components: Map<String, Value>,
+}
 
-fn loc_of(path: &serde_path_to_error::Path) -> Vec<String> {
-    let mut loc = vec!["body".to_string()];
+fn compiled<T: 'static>(make: impl FnOnce() -> Compiled) -> Arc<Compiled> {
+    static CACHE: OnceLock<Mutex<HashMap<TypeId, Arc<Compiled>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(c) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&TypeId::of::<T>()) {
+        return c.clone();
+    }
+    let c = Arc::new(make());
+    cache.lock().unwrap_or_else(|p| p.into_inner()).insert(TypeId::of::<T>(), c.clone());
+    c
+}
+
+fn body_schema<T: utoipa::ToSchema + 'static>() -> Arc<Compiled> {
+    compiled::<T>(|| {
+        let mut refs = Vec::new();
+        T::schemas(&mut refs);
+        let components = refs.into_iter().filter_map(|(name, s)| serde_json::to_value(s).ok().map(|v| (name, v))).collect();
+        Compiled { schema: serde_json::to_value(T::schema()).unwrap_or(Value::Null), components }
+    })
+}
+
+fn violation(v: Violation) -> ApiError {
+    ApiError::Validation { loc: v.loc, msg: v.msg, kind: v.kind }
+}
+
+fn loc_of(root: &str, path: &serde_path_to_error::Path) -> Vec<String> {
+    let mut loc = vec![root.to_string()];
     for seg in path.iter() {
         match seg {
             serde_path_to_error::Segment::Seq { index } => loc.push(index.to_string()),
@@ -19,48 +54,11 @@ fn loc_of(path: &serde_path_to_error::Path) -> Vec<String> {
     loc
 }
 
-pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    if body.iter().all(|b| b.is_ascii_whitespace()) {
-        return Err(ApiError::Validation { loc: vec!["body".into()], msg: "Field required".into(), kind: "missing" });
-    }
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let mut loc = loc_of(e.path());
-        let inner = e.inner().to_string();
-        let (msg, kind) = if let Some(rest) = inner.strip_prefix("missing field `") {
-            loc.push(rest.split('`').next().unwrap_or_default().to_string());
-            ("Field required".to_string(), "missing")
-        } else if e.inner().is_syntax() || e.inner().is_eof() {
-            (format!("JSON decode error: {inner}"), "json_invalid")
-        } else {
-            (inner, "value_error")
-        };
-        ApiError::Validation { loc, msg, kind }
-    })
-}
-
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
-    type Rejection = axum::response::Response;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        use axum::response::IntoResponse;
-        let bytes = Bytes::from_request(req, state).await.map_err(IntoResponse::into_response)?;
-        parse(&bytes).map(ApiJson).map_err(IntoResponse::into_response)
-    }
-}
-
-/// Query parameters; a bad value is a 422 naming `["query", field]` (axum's own
-/// rejection would be a plain-text 400).
-pub struct ApiQuery<T>(pub T);
-
-pub fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
-    let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let mut loc = vec!["query".to_string()];
-        let path = e.path().to_string();
-        if !path.is_empty() && path != "." {
-            loc.push(path);
-        }
+/// Reads a checked value into `T`; what the schema cannot say (a bad base64, say) is
+/// still a 422 naming the field.
+fn read<T: DeserializeOwned>(root: &str, value: Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let mut loc = loc_of(root, e.path());
         let inner = e.inner().to_string();
         let msg = match inner.strip_prefix("missing field `") {
             Some(rest) => {
@@ -73,7 +71,95 @@ pub fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
     })
 }
 
-impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for ApiQuery<T> {
+pub fn parse<T: DeserializeOwned + utoipa::ToSchema + 'static>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(ApiError::Validation { loc: vec!["body".into()], msg: "Field required".into(), kind: "missing" });
+    }
+    let mut value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::Validation { loc: vec!["body".into()], msg: format!("JSON decode error: {e}"), kind: "json_invalid" })?;
+    let c = body_schema::<T>();
+    Checker::new(&c.components).check(&mut value, &c.schema, &mut vec!["body".into()]).map_err(violation)?;
+    read("body", value)
+}
+
+/// A JSON body checked against `T`'s schema.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + utoipa::ToSchema + 'static> FromRequest<S> for ApiJson<T> {
+    type Rejection = axum::response::Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        use axum::response::IntoResponse;
+        let bytes = Bytes::from_request(req, state).await.map_err(IntoResponse::into_response)?;
+        parse(&bytes).map(ApiJson).map_err(IntoResponse::into_response)
+    }
+}
+
+/// The query parameters of `T` as (name, required, schema).
+fn params<T: utoipa::IntoParams + 'static>() -> Arc<Compiled> {
+    compiled::<T>(|| {
+        let mut props = Map::new();
+        let mut required = Vec::new();
+        for p in T::into_params(|| Some(utoipa::openapi::path::ParameterIn::Query)) {
+            if matches!(p.required, utoipa::openapi::Required::True) {
+                required.push(Value::String(p.name.clone()));
+            }
+            let schema = p.schema.and_then(|s| serde_json::to_value(s).ok()).unwrap_or(Value::Bool(true));
+            props.insert(p.name, schema);
+        }
+        Compiled { schema: serde_json::json!({"type": "object", "required": required, "properties": props}), components: Map::new() }
+    })
+}
+
+/// A query value as the type its schema asks for (a query string carries text only).
+fn typed(text: &str, schema: &Value) -> Value {
+    let types: Vec<&str> = match schema.get("type") {
+        Some(Value::String(t)) => vec![t.as_str()],
+        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => vec![],
+    };
+    if types.contains(&"integer") {
+        if let Ok(n) = text.parse::<i64>() {
+            return Value::from(n);
+        }
+        if let Ok(n) = text.parse::<u64>() {
+            return Value::from(n);
+        }
+    }
+    if types.contains(&"number") {
+        if let Some(n) = text.parse::<f64>().ok().and_then(serde_json::Number::from_f64) {
+            return Value::Number(n);
+        }
+    }
+    if types.contains(&"boolean") {
+        match text {
+            "true" | "1" => return Value::Bool(true),
+            "false" | "0" => return Value::Bool(false),
+            _ => {}
+        }
+    }
+    Value::String(text.to_string())
+}
+
+pub fn parse_query<T: DeserializeOwned + utoipa::IntoParams + 'static>(query: &str) -> Result<T, ApiError> {
+    let c = params::<T>();
+    let props = c.schema.get("properties").and_then(Value::as_object);
+    let mut obj = Map::new();
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        // Unknown parameters are ignored, as FastAPI does.
+        if let Some(schema) = props.and_then(|p| p.get(k.as_ref())) {
+            obj.insert(k.into_owned(), typed(&v, schema));
+        }
+    }
+    let mut value = Value::Object(obj);
+    Checker::new(&c.components).check(&mut value, &c.schema, &mut vec!["query".into()]).map_err(violation)?;
+    read("query", value)
+}
+
+/// Query parameters checked against `T`'s parameter schemas.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + utoipa::IntoParams + 'static> axum::extract::FromRequestParts<S> for ApiQuery<T> {
     type Rejection = axum::response::Response;
 
     async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
@@ -86,12 +172,12 @@ impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for
 mod tests {
     use super::*;
 
-    #[derive(serde::Deserialize, Debug)]
+    #[derive(serde::Deserialize, utoipa::ToSchema, Debug)]
     #[allow(dead_code)]
     struct F {
         mode: u32,
     }
-    #[derive(serde::Deserialize, Debug)]
+    #[derive(serde::Deserialize, utoipa::ToSchema, Debug)]
     #[allow(dead_code)]
     struct B {
         files: Vec<F>,
@@ -110,12 +196,16 @@ mod tests {
             Err(ApiError::Validation { loc, .. }) => assert_eq!(loc, vec!["body", "files", "0", "mode"]),
             other => panic!("{other:?}"),
         }
+        assert!(matches!(parse::<B>(br#"[]"#), Err(ApiError::Validation { .. })), "an array is not the object the schema asks");
+        assert_eq!(parse::<B>(br#"{"files":[{"mode":420.0}]}"#).unwrap().files[0].mode, 420);
     }
 
-    #[derive(serde::Deserialize, Debug)]
+    #[derive(serde::Deserialize, utoipa::IntoParams, Debug)]
     #[allow(dead_code)]
     struct Q {
+        #[param(minimum = 1, maximum = 10000)]
         lines: Option<usize>,
+        wait: Option<bool>,
     }
 
     #[test]
@@ -124,6 +214,15 @@ mod tests {
             Err(ApiError::Validation { loc, .. }) => assert_eq!(loc, vec!["query", "lines"]),
             other => panic!("{other:?}"),
         }
-        assert_eq!(parse_query::<Q>("lines=5").unwrap().lines, Some(5));
+        match parse_query::<Q>("lines=0") {
+            Err(ApiError::Validation { loc, .. }) => assert_eq!(loc, vec!["query", "lines"]),
+            other => panic!("{other:?}"),
+        }
+        match parse_query::<Q>("wait=soon") {
+            Err(ApiError::Validation { loc, .. }) => assert_eq!(loc, vec!["query", "wait"]),
+            other => panic!("{other:?}"),
+        }
+        let q = parse_query::<Q>("lines=5&wait=true&other=x").unwrap();
+        assert_eq!((q.lines, q.wait), (Some(5), Some(true)));
     }
 }

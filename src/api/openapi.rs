@@ -3,15 +3,12 @@
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{RefOr, Response};
+use utoipa::Modify;
 
-pub struct SecurityAddon;
-
-impl utoipa::Modify for SecurityAddon {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        if let Some(c) = openapi.components.as_mut() {
-            c.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
-        }
-    }
+/// The bearer scheme and the error statuses, added once every route is in.
+pub fn finish(doc: &mut utoipa::openapi::OpenApi) {
+    doc.components.get_or_insert_with(Default::default).add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    ErrorResponses.modify(doc);
 }
 
 pub struct ErrorResponses;

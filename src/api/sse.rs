@@ -24,7 +24,7 @@ impl StreamData {
 /// The next piece of a byte stream (`carry`: its incomplete trailing character); None
 /// when nothing complete is there yet.
 pub fn piece(carry: &mut Vec<u8>, bytes: &[u8]) -> Option<StreamData> {
-    match crate::guest::stream::utf8_piece(carry, bytes) {
+    match crate::util::utf8_piece(carry, bytes) {
         Ok(t) if t.is_empty() => None,
         Ok(t) => Some(StreamData { text: Some(t), b64: None }),
         Err(raw) => Some(StreamData::raw(&raw)),

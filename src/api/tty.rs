@@ -6,13 +6,11 @@
 //! Close codes: 1000 shell exited, 4404 unknown VM, 4409 VM not running, 1011 guest error.
 use super::json::ApiQuery;
 use super::AppState;
-use crate::guest::pty;
 use crate::manager::ManagerError;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::response::Response;
 use futures::{SinkExt, StreamExt};
-use russh::ChannelMsg;
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -21,11 +19,13 @@ pub struct TtyQuery {
     pub mode: Option<String>,
     /// Bearer token, for browsers that cannot set the Authorization header.
     pub token: Option<String>,
+    /// Initial terminal width (10 … 1000, default 120).
     pub cols: Option<u32>,
+    /// Initial terminal height (5 … 1000, default 32).
     pub rows: Option<u32>,
 }
 
-#[utoipa::path(get, path = "/vms/{vm_id}/tty", params(TtyQuery), responses((status = 101, description = "WebSocket upgrade"), (status = 401), (status = 403)))]
+#[utoipa::path(get, path = "/vms/{vm_id}/tty", params(TtyQuery), responses((status = 101, description = "WebSocket upgrade"), (status = 400, description = "not a WebSocket upgrade request"), (status = 401), (status = 403), (status = 426, description = "upgrade required")))]
 pub async fn tty(State(st): State<AppState>, Path(vm_id): Path<String>, ApiQuery(q): ApiQuery<TtyQuery>, ws: WebSocketUpgrade) -> Response {
     let raw = q.mode.as_deref() == Some("raw");
     let (cols, rows) = (q.cols.unwrap_or(120).clamp(10, 1000), q.rows.unwrap_or(32).clamp(5, 1000));
@@ -92,79 +92,57 @@ struct Resize {
 }
 
 async fn session(st: AppState, vm_id: String, raw: bool, cols: u32, rows: u32, socket: WebSocket) {
-    let pool = match st.mgr.pool(&vm_id).await {
+    let mut pty = match st.mgr.open_tty(&vm_id, cols, rows).await {
         Ok(p) => p,
         Err(ManagerError::NotFound) => return close(socket, Some("VM not found"), 4404, "VM not found").await,
         Err(ManagerError::NotRunning) => return close(socket, Some("VM not running"), 4409, "VM not running").await,
-        Err(e) => return close(socket, Some(&e.to_string()), 1011, "guest error").await,
-    };
-    let pty = match pty::open(&pool, "xterm-256color", cols, rows).await {
-        Ok(p) => p,
         Err(e) => return close(socket, Some(&format!("could not start a shell: {e}")), 1011, "guest error").await,
     };
-    let marker = pty.marker();
-    let (channel, _permit, early) = (pty.channel, pty.permit, pty.early);
-    let (mut rd, wr) = channel.split();
     let (mut ws_tx, mut ws_rx) = socket.split();
-    // Output: pushed as it arrives; `send` awaits the socket, which is the backpressure.
-    let out = async move {
-        let mut carry = Vec::new();
-        let mut pending = Some(early).filter(|e| !e.is_empty());
-        loop {
-            let data: Vec<u8> = match pending.take() {
-                Some(e) => e,
-                None => match rd.wait().await {
-                    Some(ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. }) => data.to_vec(),
-                    Some(ChannelMsg::Eof | ChannelMsg::Close) | None => break,
-                    Some(_) => continue,
-                },
-            };
-            let frame = if raw {
-                Message::Binary(bytes::Bytes::copy_from_slice(&data))
-            } else {
-                let s = decode_utf8(&mut carry, &data);
-                if s.is_empty() {
-                    continue;
-                }
-                Message::Text(s.into())
-            };
-            if ws_tx.send(frame).await.is_err() {
-                return ws_tx;
-            }
-        }
-        let _ = ws_tx.send(Message::Close(Some(CloseFrame { code: 1000, reason: "shell exited".into() }))).await;
-        ws_tx
-    };
-    let input = async {
-        while let Some(Ok(msg)) = ws_rx.next().await {
-            let bytes = match msg {
-                Message::Text(t) if raw => match serde_json::from_str::<Resize>(t.as_str()) {
-                    Ok(r) if r.kind == "resize" => {
-                        let _ = wr.window_change(r.cols.clamp(1, 1000), r.rows.clamp(1, 1000), 0, 0).await;
+    let mut carry = Vec::new();
+    // Output is pushed as it arrives (`send` awaits the socket: the backpressure); input
+    // is written to the PTY; the session ends with the shell or with the client.
+    let client_left = loop {
+        tokio::select! {
+            out = pty.recv() => {
+                let Some(data) = out else { break false };
+                let frame = if raw {
+                    Message::Binary(bytes::Bytes::from(data))
+                } else {
+                    let s = decode_utf8(&mut carry, &data);
+                    if s.is_empty() {
                         continue;
                     }
-                    _ => t.as_bytes().to_vec(),
-                },
-                Message::Text(t) => compat_input(t.as_str()),
-                Message::Binary(b) => b.to_vec(),
-                Message::Close(_) => break,
-                _ => continue,
-            };
-            if wr.data_bytes(bytes::Bytes::from(bytes)).await.is_err() {
-                break;
+                    Message::Text(s.into())
+                };
+                if ws_tx.send(frame).await.is_err() {
+                    break true;
+                }
+            }
+            msg = ws_rx.next() => {
+                let bytes = match msg {
+                    Some(Ok(Message::Text(t))) if raw => match serde_json::from_str::<Resize>(t.as_str()) {
+                        Ok(r) if r.kind == "resize" => {
+                            pty.resize(r.cols, r.rows).await;
+                            continue;
+                        }
+                        _ => t.as_bytes().to_vec(),
+                    },
+                    Some(Ok(Message::Text(t))) => compat_input(t.as_str()),
+                    Some(Ok(Message::Binary(b))) => b.to_vec(),
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break true,
+                    Some(Ok(_)) => continue,
+                };
+                if pty.send(bytes).await.is_err() {
+                    break true;
+                }
             }
         }
     };
-    tokio::pin!(out);
-    tokio::select! {
-        _ = &mut out => pty::forget(&pool, &marker).await,
-        _ = input => {
-            // Client went away: kill the shell (closing the channel alone leaves it running).
-            pty::hang_up(&pool, &marker).await;
-            let _ = wr.eof().await;
-            let _ = wr.close().await;
-        }
+    if !client_left {
+        let _ = ws_tx.send(Message::Close(Some(CloseFrame { code: 1000, reason: "shell exited".into() }))).await;
     }
+    pty.end().await;
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! /vms lifecycle routes: create, list, batch get, get, actions, ttl, delete.
-use super::error::{validation, ApiError};
+use super::error::ApiError;
 use super::json::{ApiJson, ApiQuery};
 use super::AppState;
 use crate::manager::lifecycle::CreateSpec;
@@ -15,11 +15,12 @@ pub struct VmCreate {
     pub vcpus: u32,
     pub mem_mib: u32,
     pub disk_gib: u32,
-    /// Image name (under VM_BASE_DIR/images) or absolute path; default VM_BASE_IMAGE.
+    /// Image name (a directory under VM_BASE_DIR/images); default VM_BASE_IMAGE.
     #[serde(default)]
     pub base_image: Option<String>,
-    /// SSH readiness timeout for this VM; default VM_TIMEOUT_BOOT_S.
+    /// SSH readiness timeout for this VM in seconds; default VM_TIMEOUT_BOOT_S.
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub timeout_boot_s: Option<u64>,
     /// No egress at all for the guest (QEMU user net restrict=on).
     #[serde(default)]
@@ -35,10 +36,17 @@ pub struct VmTtl {
     pub ttl_s: Option<u64>,
 }
 
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Start,
+    Stop,
+    Reboot,
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct VmAction {
-    /// start, stop or reboot
-    pub action: String,
+    pub action: Action,
     #[serde(default)]
     pub cleanup_disks: Option<bool>,
 }
@@ -66,9 +74,6 @@ pub async fn create(
     ApiQuery(q): ApiQuery<WaitQuery>,
     ApiJson(body): ApiJson<VmCreate>,
 ) -> Result<(StatusCode, Json<VmOut>), ApiError> {
-    if body.timeout_boot_s == Some(0) {
-        return Err(validation(&["body", "timeout_boot_s"], "timeout_boot_s must be at least 1"));
-    }
     let rec = st
         .mgr
         .create(CreateSpec {
@@ -87,15 +92,15 @@ pub async fn create(
 
 #[utoipa::path(get, path = "/vms/", responses((status = 200, body = [VmOut])))]
 pub async fn list(State(st): State<AppState>) -> Result<Json<Vec<VmOut>>, ApiError> {
-    let recs = st.mgr.catalog.list().await.map_err(crate::manager::ManagerError::from)?;
+    let recs = st.mgr.list().await?;
     Ok(Json(recs.iter().map(|r| out(&st, r)).collect()))
 }
 
 #[utoipa::path(get, path = "/vms/list/{vm_ids}", params(("vm_ids" = String, Path, description = "comma-separated ids")),
     responses((status = 200, body = [VmOut], description = "request order; unknown ids skipped")))]
 pub async fn list_ids(State(st): State<AppState>, Path(vm_ids): Path<String>) -> Result<Json<Vec<VmOut>>, ApiError> {
-    let ids: Vec<String> = vm_ids.split(',').map(|s| s.trim().to_string()).filter(|s| crate::model::valid_vm_id(s)).collect();
-    let recs = st.mgr.catalog.get_many(&ids).await.map_err(crate::manager::ManagerError::from)?;
+    let ids: Vec<String> = vm_ids.split(',').map(|s| s.trim().to_string()).collect();
+    let recs = st.mgr.get_many(&ids).await?;
     Ok(Json(recs.iter().map(|r| out(&st, r)).collect()))
 }
 
@@ -112,11 +117,10 @@ pub async fn actions(
     ApiQuery(q): ApiQuery<WaitQuery>,
     ApiJson(body): ApiJson<VmAction>,
 ) -> Result<Json<VmOut>, ApiError> {
-    let rec = match body.action.as_str() {
-        "start" => st.mgr.start(&vm_id).await?,
-        "stop" => st.mgr.stop(&vm_id, body.cleanup_disks.unwrap_or(false)).await?,
-        "reboot" => st.mgr.reboot(&vm_id).await?,
-        _ => return Err(validation(&["body", "action"], "Input should be 'start', 'stop' or 'reboot'")),
+    let rec = match body.action {
+        Action::Start => st.mgr.start(&vm_id).await?,
+        Action::Stop => st.mgr.stop(&vm_id, body.cleanup_disks.unwrap_or(false)).await?,
+        Action::Reboot => st.mgr.reboot(&vm_id).await?,
     };
     let rec = if q.wait { st.mgr.wait_settled(&rec.id, wait_limit(&st, None)).await? } else { rec };
     Ok(Json(out(&st, &rec)))

@@ -1,11 +1,13 @@
 //! File operations over SFTP (and `find` for listings): upload with temp-name + rename,
 //! list-dirs, read-file, create-dir, streamed downloads and archives.
-use super::exec::{self, OUTPUT_CAP};
-use super::pool::Pool;
+use super::channel;
+use super::cmd;
+use super::exec::OUTPUT_CAP;
+use super::reader::{Caps, Event, Reader};
+use super::vm::GuestVm;
 use super::GuestError;
-use crate::util::{join_under, normalize_abs, shell_quote};
+use crate::util::{join_under, normalize_abs};
 use bytes::Bytes;
-use russh::ChannelMsg;
 use russh_sftp::client::SftpSession;
 use russh_sftp::protocol::FileAttributes;
 use std::time::Duration;
@@ -15,15 +17,6 @@ use tokio::sync::mpsc;
 pub const LIST_MAX_DEPTH: u32 = 20;
 pub const LIST_MAX_ENTRIES: usize = 50_000;
 pub const READ_FILE_CAP: u64 = 16 * 1024 * 1024;
-
-/// The VM's shared SFTP session (see sftp.rs).
-pub struct Sftp {
-    pub session: std::sync::Arc<SftpSession>,
-}
-
-pub async fn sftp(pool: &Pool) -> Result<Sftp, GuestError> {
-    Ok(Sftp { session: super::sftp::session(pool).await? })
-}
 
 /// mkdir -p over SFTP, one component at a time.
 pub async fn mkdir_p(s: &SftpSession, path: &str) -> Result<(), GuestError> {
@@ -63,19 +56,18 @@ pub struct UploadFile {
     pub mode: u32,
 }
 
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FailedFile {
     pub path: String,
     pub reason: String,
 }
 
 /// Empties `dest` (hidden files included, dest itself kept). Refuses `/`.
-pub async fn clean_dir(pool: &Pool, dest: &str) -> Result<(), GuestError> {
+pub async fn clean_dir(vm: &GuestVm, dest: &str) -> Result<(), GuestError> {
     if normalize_abs(dest) == "/" {
         return Err(GuestError::BadPath("clean refuses to empty /".into()));
     }
-    let q = shell_quote(dest);
-    exec::run_checked(pool, &format!("mkdir -p -- {q} && find {q} -mindepth 1 -maxdepth 1 -exec rm -rf -- {{}} +"), Duration::from_secs(120)).await?;
+    vm.run_checked(&cmd::empty_dir(dest), Duration::from_secs(120)).await?;
     Ok(())
 }
 
@@ -127,22 +119,22 @@ pub async fn write_atomic_from<R: AsyncRead + Unpin>(s: &SftpSession, path: &str
 }
 
 /// One file streamed to an absolute path (temp name + rename, exact mode).
-pub async fn upload_stream<R: AsyncRead + Unpin>(pool: &Pool, path: &str, src: R, mode: u32) -> Result<u64, GuestError> {
+pub async fn upload_stream<R: AsyncRead + Unpin>(vm: &GuestVm, path: &str, src: R, mode: u32) -> Result<u64, GuestError> {
     if !path.starts_with('/') {
         return Err(GuestError::BadPath(format!("path must be absolute: {path:?}")));
     }
     let target = normalize_abs(path);
-    let s = sftp(pool).await?;
-    write_atomic_from(&s.session, &target, src, mode).await
+    let s = vm.sftp().await?;
+    write_atomic_from(&s, &target, src, mode).await
 }
 
-pub async fn upload(pool: &Pool, dest: &str, clean: bool, files: Vec<(String, Result<UploadFile, String>)>) -> Result<Vec<FailedFile>, GuestError> {
-    let s = sftp(pool).await?;
-    let dest = resolve_dest(&s.session, dest).await?;
+pub async fn upload(vm: &GuestVm, dest: &str, clean: bool, files: Vec<(String, Result<UploadFile, String>)>) -> Result<Vec<FailedFile>, GuestError> {
+    let s = vm.sftp().await?;
+    let dest = resolve_dest(&s, dest).await?;
     if clean {
-        clean_dir(pool, &dest).await?;
+        clean_dir(vm, &dest).await?;
     } else {
-        mkdir_p(&s.session, &dest).await?;
+        mkdir_p(&s, &dest).await?;
     }
     let mut failed = Vec::new();
     for (client_path, file) in files {
@@ -150,7 +142,7 @@ pub async fn upload(pool: &Pool, dest: &str, clean: bool, files: Vec<(String, Re
             Err(reason) => Err(reason),
             Ok(f) => match join_under(&dest, &f.path) {
                 Err(e) => Err(format!("Insecure route: {e}")),
-                Ok(target) => write_atomic(&s.session, &target, &f.content, f.mode).await.map_err(|e| e.to_string()),
+                Ok(target) => write_atomic(&s, &target, &f.content, f.mode).await.map_err(|e| e.to_string()),
             },
         };
         if let Err(reason) = outcome {
@@ -160,7 +152,7 @@ pub async fn upload(pool: &Pool, dest: &str, clean: bool, files: Vec<(String, Re
     Ok(failed)
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirEntry {
     pub path: String,
     pub name: String,
@@ -178,14 +170,10 @@ pub fn parse_find(out: &[u8], entries: &mut Vec<DirEntry>) {
 }
 
 /// find-based listing, root entry included, deduplicated and sorted by path.
-pub async fn list_dirs(pool: &Pool, paths: &[String], depth: u32) -> Result<Vec<DirEntry>, GuestError> {
+pub async fn list_dirs(vm: &GuestVm, paths: &[String], depth: u32) -> Result<Vec<DirEntry>, GuestError> {
     let depth = depth.min(LIST_MAX_DEPTH);
-    let mut cmd = String::new();
-    for p in paths {
-        cmd.push_str(&format!("find {} -maxdepth {depth} -printf '%p||%y\\n' 2>/dev/null | head -n {LIST_MAX_ENTRIES}; ", shell_quote(p)));
-    }
-    cmd.push_str("true");
-    let out = exec::run(pool, &cmd, Duration::from_secs(60), OUTPUT_CAP * 4).await?;
+    let script = paths.iter().fold(cmd::Script::new("", &[]), |s, p| s.then(cmd::list_dir(p, depth, LIST_MAX_ENTRIES))).then(cmd::ok());
+    let out = vm.run(&script, Duration::from_secs(60), OUTPUT_CAP * 4).await?;
     let mut entries = Vec::new();
     parse_find(&out.stdout, &mut entries);
     entries.sort_by(|a, b| a.path.cmp(&b.path));
@@ -198,52 +186,45 @@ pub enum ReadOutcome {
     Missing,
 }
 
-pub async fn read_file(pool: &Pool, path: &str) -> Result<ReadOutcome, GuestError> {
-    let s = sftp(pool).await?;
-    let Ok(meta) = s.session.metadata(path.to_string()).await else { return Ok(ReadOutcome::Missing) };
+pub async fn read_file(vm: &GuestVm, path: &str) -> Result<ReadOutcome, GuestError> {
+    let s = vm.sftp().await?;
+    let Ok(meta) = s.metadata(path.to_string()).await else { return Ok(ReadOutcome::Missing) };
     if meta.is_dir() {
         return Ok(ReadOutcome::Missing);
     }
     if meta.len() > READ_FILE_CAP {
         return Err(GuestError::TooLarge(format!("{path} is {} bytes; read-file returns at most {READ_FILE_CAP} bytes (use download-file)", meta.len())));
     }
-    match s.session.read(path.to_string()).await {
+    match s.read(path.to_string()).await {
         Ok(data) => Ok(ReadOutcome::Found(data)),
         Err(_) => Ok(ReadOutcome::Missing),
     }
 }
 
-/// Decodes as UTF-8 dropping invalid bytes (the original's errors="ignore").
-pub fn utf8_ignore(data: &[u8]) -> String {
-    let mut s = String::with_capacity(data.len());
-    for chunk in data.utf8_chunks() {
-        s.push_str(chunk.valid());
-    }
-    s
-}
-
-pub async fn create_dir(pool: &Pool, path: &str) -> Result<(), GuestError> {
+pub async fn create_dir(vm: &GuestVm, path: &str) -> Result<(), GuestError> {
     if !path.starts_with('/') {
         return Err(GuestError::BadPath(format!("path {path:?} must be absolute")));
     }
-    let s = sftp(pool).await?;
-    mkdir_p(&s.session, path).await
+    let s = vm.sftp().await?;
+    mkdir_p(&s, path).await
 }
+
+/// Bytes streamed from the guest; an Err item ends the stream with what went wrong.
+pub type ByteStream = mpsc::Receiver<Result<Bytes, std::io::Error>>;
 
 /// A streamed download: an SFTP file (which keeps its session alive) read in chunks.
 pub struct FileDownload {
     pub size: u64,
-    pub body: mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    pub body: ByteStream,
 }
 
-pub async fn download_file(pool: &Pool, path: &str) -> Result<FileDownload, GuestError> {
-    use tokio::io::AsyncReadExt;
-    let s = sftp(pool).await?;
-    let meta = s.session.metadata(path.to_string()).await.map_err(|_| GuestError::NotFound(format!("{path} not found")))?;
+pub async fn download_file(vm: &GuestVm, path: &str) -> Result<FileDownload, GuestError> {
+    let s = vm.sftp().await?;
+    let meta = s.metadata(path.to_string()).await.map_err(|_| GuestError::NotFound(format!("{path} not found")))?;
     if meta.is_dir() {
         return Err(GuestError::BadPath(format!("{path} is a directory (use download-folder)")));
     }
-    let mut f = s.session.open(path.to_string()).await.map_err(|e| GuestError::NotFound(format!("{path}: {e}")))?;
+    let mut f = s.open(path.to_string()).await.map_err(|e| GuestError::NotFound(format!("{path}: {e}")))?;
     let (tx, rx) = mpsc::channel(8);
     tokio::spawn(async move {
         let _keep = s;
@@ -274,10 +255,8 @@ pub enum ArchiveFormat {
 
 /// Picks the archive format for `root`: zip when asked and the guest has it (and the
 /// folder is not empty, where zip refuses), else tar.gz.
-pub async fn archive_format(pool: &Pool, root: &str, prefer_zip: bool) -> Result<ArchiveFormat, GuestError> {
-    let q = shell_quote(root);
-    let probe = format!("[ -e {q} ] || exit 3; [ -d {q} ] || exit 6; command -v zip >/dev/null 2>&1 || exit 4; [ -n \"$(ls -A -- {q})\" ] || exit 5; exit 0");
-    let out = exec::run(pool, &probe, Duration::from_secs(30), 4096).await?;
+pub async fn archive_format(vm: &GuestVm, root: &str, prefer_zip: bool) -> Result<ArchiveFormat, GuestError> {
+    let out = vm.run(&cmd::archive_probe(root), Duration::from_secs(30), 4096).await?;
     match out.exit_code {
         Some(3) => Err(GuestError::NotFound(format!("{root} not found"))),
         Some(6) => Err(GuestError::BadPath(format!("{root} is not a directory (use download-file)"))),
@@ -286,36 +265,32 @@ pub async fn archive_format(pool: &Pool, root: &str, prefer_zip: bool) -> Result
     }
 }
 
-/// The guest command that writes an archive of `root` to stdout.
-pub fn archive_command(root: &str, fmt: ArchiveFormat) -> String {
-    let q = shell_quote(root);
-    match fmt {
-        ArchiveFormat::Zip => format!("cd -- {q} && exec zip -q -r -y - ."),
-        ArchiveFormat::TarGz => format!("exec tar -C {q} -czf - ."),
-    }
-}
-
-/// Streams an archive of `root` made in the guest; stdout goes straight to the body.
-pub async fn download_folder(pool: &Pool, root: &str, fmt: ArchiveFormat) -> Result<mpsc::Receiver<Result<Bytes, std::io::Error>>, GuestError> {
-    let cmd = archive_command(root, fmt);
-    let mut lease = pool.session().await?;
-    lease.channel.exec(true, cmd).await?;
-    lease.channel.eof().await?;
+/// Streams an archive of `root` made in the guest; stdout goes straight to the body. A
+/// client that goes away closes the channel (the archiver then dies of a broken pipe).
+pub async fn download_folder(vm: &GuestVm, root: &str, fmt: ArchiveFormat) -> Result<ByteStream, GuestError> {
+    let script = match fmt {
+        ArchiveFormat::Zip => cmd::zip_of(root),
+        ArchiveFormat::TarGz => cmd::tar_gz_of(root),
+    };
+    let (mut lease, early) = channel::start(&*vm.pool, "archive", &script).await?;
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
-        let mut stderr = Vec::new();
-        let mut code = None;
-        while let Some(msg) = lease.channel.wait().await {
-            match msg {
-                ChannelMsg::Data { data } => {
-                    if tx.send(Ok(Bytes::copy_from_slice(&data))).await.is_err() {
+        if !early.is_empty() && tx.send(Ok(Bytes::from(early))).await.is_err() {
+            return;
+        }
+        let mut r = Reader::new(&mut lease.channel, Caps { stdout: usize::MAX, stderr: 4096 }, None);
+        let (mut stderr, mut code) = (Vec::new(), None);
+        loop {
+            match r.next().await {
+                Event::Stdout(d) => {
+                    if tx.send(Ok(Bytes::from(d))).await.is_err() {
                         let _ = lease.channel.close().await;
                         return;
                     }
                 }
-                ChannelMsg::ExtendedData { data, .. } => stderr.extend_from_slice(&data[..data.len().min(4096)]),
-                ChannelMsg::ExitStatus { exit_status } => code = Some(exit_status),
-                _ => {}
+                Event::Stderr(d) => stderr.extend_from_slice(&d),
+                Event::Exit(c) => code = Some(c),
+                Event::Signal(_) | Event::Refused | Event::Closed | Event::Deadline => break,
             }
         }
         if code != Some(0) {
@@ -344,8 +319,4 @@ mod tests {
         assert_eq!(r[0].name, "/");
     }
 
-    #[test]
-    fn utf8_ignore_drops_invalid_bytes() {
-        assert_eq!(utf8_ignore(b"a\xffb\xc3\xa9"), "abé");
-    }
 }

@@ -1,14 +1,25 @@
-//! Guest access over SSH/SFTP: the session pool, exec, file operations, search,
-//! archives. Everything async; a slow guest holds only its own channels.
+//! Guest access over SSH/SFTP. Layers, arrows one way:
+//! `cmd` (shell text) and `reader` (capped output) → `channel` (leases, the one exec) →
+//! `pool` (connections, identity) → `kill`, `runner`, `sftp`, `exec`, `stream`, `pty`,
+//! `search` → `vm` (one guest: pool + runners + SFTP) → `files`.
+//! Everything async; a slow guest holds only its own channels.
+pub mod channel;
+pub mod cmd;
 pub mod exec;
 pub mod files;
+pub mod kill;
 pub mod pool;
 pub mod prefixed;
 pub mod pty;
+pub mod reader;
 pub mod runner;
 pub mod search;
 pub mod sftp;
 pub mod stream;
+pub mod vm;
+
+pub use reader::Output;
+pub use vm::GuestVm;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {

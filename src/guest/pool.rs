@@ -2,10 +2,12 @@
 //! channels (dropbear/OpenSSH refuse more than ~10), a further connection is dialled when
 //! all are busy, dead ones are dropped and re-dialled. The guest host key is pinned at
 //! first contact and the VM id is checked on every new connection.
+use super::channel::{self, Lease, Opener};
+use super::cmd;
+use super::reader::{self, Caps};
 use super::GuestError;
-use russh::client::{self, Handle, Msg};
+use russh::client::{self, Handle};
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
-use russh::{Channel, ChannelMsg};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -13,11 +15,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// Channels per connection: below dropbear's and OpenSSH's MaxSessions of 10.
 pub const CHANNELS_PER_CONN: usize = 8;
 pub const MAX_CONNS: usize = 4;
-/// Dropbear closes a fresh session channel when its first request arrives after the
-/// server's next main-loop pass (common on a busy TCG guest: measured 5 of 320 execs at
-/// 16 concurrent callers). Nothing ran on such a channel, so the open + first request is
-/// retried up to this many times.
-pub const OPEN_ATTEMPTS: usize = 8;
 
 #[derive(Clone)]
 pub struct Target {
@@ -63,62 +60,9 @@ struct Conn {
     permits: Arc<Semaphore>,
 }
 
-/// An open session channel plus the permit that bounds channels per connection.
-pub struct Lease {
-    pub channel: Channel<Msg>,
-    _permit: OwnedSemaphorePermit,
-}
-
-/// Opens a session channel and runs `start` on it (its first requests; it hands the
-/// channel back); when that fails (dropbear may close a fresh channel whose first request
-/// arrives late, see OPEN_ATTEMPTS) a new channel is tried. Returns the channel, its pool
-/// permit and whatever `start` returned.
-pub async fn open_channel<T, F, Fut>(pool: &Pool, what: &str, start: F) -> Result<(Channel<Msg>, OwnedSemaphorePermit, T), GuestError>
-where
-    F: Fn(Channel<Msg>) -> Fut,
-    Fut: std::future::Future<Output = (Channel<Msg>, Result<T, GuestError>)>,
-{
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let (channel, permit) = pool.session().await?.into_parts();
-        match start(channel).await {
-            (channel, Ok(v)) => return Ok((channel, permit, v)),
-            (_, Err(e)) if attempt >= OPEN_ATTEMPTS => return Err(e),
-            (_, Err(e)) => tracing::debug!(error = %e, "{what} failed on a fresh channel; retrying"),
-        }
-    }
-}
-
-/// Waits for the replies to `n` want-reply requests sent on a fresh channel; returns any
-/// output that came first. Err when the guest closes or refuses the channel instead.
-pub async fn await_replies(channel: &mut Channel<Msg>, n: usize) -> Result<Vec<u8>, GuestError> {
-    let mut early = Vec::new();
-    let mut ok = 0;
-    while ok < n {
-        match tokio::time::timeout(Duration::from_secs(30), channel.wait()).await {
-            Err(_) => return Err(GuestError::Ssh("no reply to a channel request within 30 s".into())),
-            Ok(Some(ChannelMsg::Success)) => ok += 1,
-            Ok(Some(ChannelMsg::Failure)) => return Err(GuestError::Ssh("the guest refused the channel request".into())),
-            Ok(Some(ChannelMsg::Data { data })) => early.extend_from_slice(&data),
-            Ok(Some(ChannelMsg::Eof | ChannelMsg::Close) | None) => return Err(GuestError::Ssh("the guest closed the channel before replying".into())),
-            Ok(Some(_)) => {}
-        }
-    }
-    Ok(early)
-}
-
-impl Lease {
-    pub fn into_parts(self) -> (Channel<Msg>, OwnedSemaphorePermit) {
-        (self.channel, self._permit)
-    }
-}
-
 pub struct Pool {
     target: Target,
     conns: tokio::sync::Mutex<Vec<Arc<Conn>>>,
-    sftp: super::sftp::SftpCache,
-    runners: super::runner::Runners,
 }
 
 fn config() -> Arc<client::Config> {
@@ -162,15 +106,11 @@ async fn dial_over(target: &Target, stream: Option<(tokio::net::TcpStream, Vec<u
             return Ok(conn);
         }
         let mut ch = conn.handle.channel_open_session().await.map_err(|e| GuestError::Connect(e.to_string()))?;
-        ch.exec(true, "cat /etc/vm-id 2>/dev/null || hostname").await.map_err(|e| GuestError::Connect(e.to_string()))?;
-        let mut out = Vec::new();
-        while let Some(msg) = ch.wait().await {
-            if let ChannelMsg::Data { data } = msg {
-                out.extend_from_slice(&data);
-            }
-        }
+        channel::exec(&ch, &cmd::read_vm_id()).await.map_err(|e| GuestError::Connect(e.to_string()))?;
+        ch.eof().await.map_err(|e| GuestError::Connect(e.to_string()))?;
+        let read = reader::collect(&mut ch, Caps::both(4096), None).await;
         tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1000.0, "guest identity read");
-        let seen = String::from_utf8_lossy(&out).trim().to_string();
+        let seen = String::from_utf8_lossy(&read.output.stdout).trim().to_string();
         if seen != target.vm_id {
             return Err(GuestError::Identity { expected: target.vm_id.clone(), seen });
         }
@@ -189,15 +129,7 @@ impl Pool {
     /// (spares the guest a second connection set-up, ~70 ms under TCG).
     pub async fn connect_over(target: Target, stream: Option<(tokio::net::TcpStream, Vec<u8>)>, timeout: Duration) -> Result<Pool, GuestError> {
         let conn = dial_over(&target, stream, timeout).await?;
-        Ok(Pool { target, conns: tokio::sync::Mutex::new(vec![Arc::new(conn)]), sftp: Default::default(), runners: Default::default() })
-    }
-
-    pub(crate) fn runners(&self) -> &super::runner::Runners {
-        &self.runners
-    }
-
-    pub(crate) fn sftp_cache(&self) -> &super::sftp::SftpCache {
-        &self.sftp
+        Ok(Pool { target, conns: tokio::sync::Mutex::new(vec![Arc::new(conn)]) })
     }
 
     pub fn host_key(&self) -> Option<String> {
@@ -209,11 +141,11 @@ impl Pool {
     }
 
     /// Opens a session channel on a connection with a free slot, dialling when needed.
-    pub async fn session(&self) -> Result<Lease, GuestError> {
+    async fn lease_inner(&self) -> Result<Lease, GuestError> {
         for attempt in 0..3 {
             let (conn, permit) = self.slot().await?;
             match conn.handle.channel_open_session().await {
-                Ok(channel) => return Ok(Lease { channel, _permit: permit }),
+                Ok(channel) => return Ok(Lease { channel, permit }),
                 Err(e) => {
                     tracing::debug!(vm_id = %self.target.vm_id, attempt, error = %e, "channel open failed; dropping connection");
                     self.conns.lock().await.retain(|c| !Arc::ptr_eq(c, &conn));
@@ -249,10 +181,15 @@ impl Pool {
     }
 
     pub async fn close(&self) {
-        self.sftp.clear().await;
         let conns = std::mem::take(&mut *self.conns.lock().await);
         for c in conns {
             let _ = c.handle.disconnect(russh::Disconnect::ByApplication, "", "en").await;
         }
+    }
+}
+
+impl Opener for Pool {
+    async fn lease(&self) -> Result<Lease, GuestError> {
+        self.lease_inner().await
     }
 }

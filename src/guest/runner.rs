@@ -4,54 +4,36 @@
 //!
 //! Each command runs in a fresh subshell `( cd ~; eval "$cmd" )` with stdin from
 //! /dev/null, stdout and stderr to files of its own, removed afterwards (a background
-//! process it leaves cannot write into the next command's output), then both files are sent back framed by markers that carry a random
-//! per-command token, which command output cannot forge:
+//! process it leaves cannot write into the next command's output), then both files are
+//! sent back framed by markers that carry a random per-command token, which command
+//! output cannot forge:
 //!   stdout: `RS P<tok> <pid> RS` … output … `RS E<tok> <rc> RS`
 //!   stderr: … output … `RS E<tok> RS`          (RS = 0x1e)
-//! The pid is the subshell's, so a timeout can kill its whole process tree.
-use super::exec::ExecOutput;
-use super::pool::{await_replies, open_channel, Pool};
+//! The pid is the subshell's, so a timeout can kill its whole process tree. Whatever
+//! reaches the channel (even bytes a command writes straight to the runner's own stdout),
+//! at most `cap` bytes per stream are kept.
+use super::channel::{self, await_replies, Lease, Opener};
+use super::cmd::{self, Script};
+use super::reader::{Caps, Event, Output, Reader};
 use super::GuestError;
 use russh::client::Msg;
-use russh::{Channel, ChannelMsg};
+use russh::Channel;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Mutex, Semaphore};
 
 /// Runners per VM (each runs one command at a time; callers beyond wait for one).
 pub const RUNNERS_PER_VM: usize = 4;
-
-const SCRIPT: &str = r#"command -v bash >/dev/null 2>&1 || exit 97
-exec bash -c '
-d=$(mktemp -d /tmp/.vmsvc-run.XXXXXX) || exit 98
-trap "rm -rf \"\$d\"" EXIT
-printf "\036R\036"
-while IFS=" " read -r tok len cap; do
-  IFS= LC_ALL=C read -r -N "$len" cmd || [ "$len" = 0 ] || break
-  o="$d/$tok.o"; e="$d/$tok.e"
-  ( cd ~ 2>/dev/null; eval "$cmd" ) </dev/null >"$o" 2>"$e" &
-  pid=$!
-  printf "\036P%s %s\036" "$tok" "$pid"
-  wait "$pid"; rc=$?
-  head -c "$cap" "$o"; printf "\036E%s %s\036" "$tok" "$rc"
-  head -c "$cap" "$e" >&2; printf "\036E%s\036" "$tok" >&2
-  rm -f "$o" "$e"
-done'
-"#;
-
-struct Runner {
-    channel: Channel<Msg>,
-    /// The pool slot its channel occupies on the SSH connection.
-    _pool_permit: OwnedSemaphorePermit,
-}
+const RS: u8 = 0x1e;
 
 /// The VM's runners: idle ones wait in `idle`; `slots` bounds how many run at once (and so
 /// how many exist).
 pub struct Runners {
-    idle: Mutex<Vec<Runner>>,
+    idle: Mutex<Vec<Lease>>,
     slots: Arc<Semaphore>,
     /// Set when the guest has no bash: execute-sh then uses plain SSH exec only.
-    disabled: std::sync::atomic::AtomicBool,
+    disabled: AtomicBool,
 }
 
 impl Default for Runners {
@@ -62,7 +44,11 @@ impl Default for Runners {
 
 impl Runners {
     pub fn disabled(&self) -> bool {
-        self.disabled.load(std::sync::atomic::Ordering::Relaxed)
+        self.disabled.load(Ordering::Relaxed)
+    }
+
+    pub async fn clear(&self) {
+        self.idle.lock().await.clear();
     }
 }
 
@@ -70,34 +56,88 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-async fn start(pool: &Pool) -> Result<Runner, GuestError> {
-    let (channel, permit, ()) = open_channel(pool, "runner start", |mut ch: Channel<Msg>| async move {
-        let r = async {
-            ch.exec(true, SCRIPT).await?;
-            await_replies(&mut ch, 1).await?;
-            // Wait for the ready marker.
-            let mut seen = Vec::new();
-            loop {
-                match tokio::time::timeout(Duration::from_secs(20), ch.wait()).await {
-                    Ok(Some(ChannelMsg::Data { data })) => {
-                        seen.extend_from_slice(&data);
-                        if find(&seen, b"\x1eR\x1e").is_some() {
-                            return Ok(());
+/// Finds `marker FIELD RS` in a byte stream fed in pieces. Bytes before it are passed on
+/// as they come, holding back only what could be the start of the marker, so memory stays
+/// bounded whatever the stream holds.
+struct Scan {
+    marker: Vec<u8>,
+    held: Vec<u8>,
+}
+
+impl Scan {
+    fn new(marker: String) -> Scan {
+        Scan { marker: marker.into_bytes(), held: Vec::new() }
+    }
+
+    /// Some((field, bytes after the frame)) once the whole frame has arrived.
+    fn feed(&mut self, data: &[u8], pass: &mut impl FnMut(&[u8])) -> Option<(Vec<u8>, Vec<u8>)> {
+        self.held.extend_from_slice(data);
+        let hold_from = match find(&self.held, &self.marker) {
+            Some(i) => {
+                let after = i + self.marker.len();
+                if let Some(j) = self.held[after..].iter().position(|b| *b == RS) {
+                    pass(&self.held[..i]);
+                    let field = self.held[after..after + j].to_vec();
+                    let rest = self.held[after + j + 1..].to_vec();
+                    self.held.clear();
+                    return Some((field, rest));
+                }
+                i
+            }
+            None => self.held.len().saturating_sub(self.marker.len() - 1),
+        };
+        pass(&self.held[..hold_from]);
+        self.held.drain(..hold_from);
+        None
+    }
+}
+
+/// At most `cap` bytes kept.
+struct Capped {
+    buf: Vec<u8>,
+    cap: usize,
+    truncated: bool,
+}
+
+impl Capped {
+    fn push(&mut self, data: &[u8]) {
+        let room = self.cap.saturating_sub(self.buf.len());
+        if data.len() > room {
+            self.truncated = true;
+        }
+        self.buf.extend_from_slice(&data[..data.len().min(room)]);
+    }
+}
+
+async fn start<O: Opener>(opener: &O) -> Result<Lease, GuestError> {
+    let script = cmd::runner();
+    let (lease, ()) = channel::open_with(opener, "runner start", |mut ch: Channel<Msg>| {
+        let script = &script;
+        async move {
+            let r = async {
+                channel::exec(&ch, script).await?;
+                await_replies(&mut ch, 1).await?;
+                let mut ready = Scan::new("\x1eR".into());
+                let mut r = Reader::new(&mut ch, Caps::both(64 * 1024), Some(tokio::time::Instant::now() + Duration::from_secs(20)));
+                loop {
+                    match r.next().await {
+                        Event::Stdout(d) => {
+                            if ready.feed(&d, &mut |_| {}).is_some() {
+                                return Ok(());
+                            }
                         }
+                        Event::Stderr(_) => {}
+                        Event::Exit(c) => return Err(GuestError::Ssh(format!("runner exited with {c} (no bash in the guest?)"))),
+                        _ => return Err(GuestError::Ssh("the runner did not start".into())),
                     }
-                    Ok(Some(ChannelMsg::ExitStatus { exit_status })) => {
-                        return Err(GuestError::Ssh(format!("runner exited with {exit_status} (no bash in the guest?)")))
-                    }
-                    Ok(Some(_)) => {}
-                    Ok(None) | Err(_) => return Err(GuestError::Ssh("the runner did not start".into())),
                 }
             }
+            .await;
+            (ch, r)
         }
-        .await;
-        (ch, r)
     })
     .await?;
-    Ok(Runner { channel, _pool_permit: permit })
+    Ok(lease)
 }
 
 /// Outcome of a runner call: Ran (the command finished or was timed out), NotStarted
@@ -105,89 +145,91 @@ async fn start(pool: &Pool) -> Result<Runner, GuestError> {
 /// went away — the VM stopped or rebooted — so its outcome is unknown and it must not be
 /// run again).
 pub enum RunOutcome {
-    Ran(ExecOutput),
+    Ran(Output),
     NotStarted(GuestError),
     Lost(GuestError),
 }
 
-/// Runs `command` on one of the VM's runners.
-pub async fn run(pool: &Pool, runners: &Runners, command: &str, timeout: Duration, cap: usize) -> RunOutcome {
+/// Runs `script` on one of the VM's runners.
+pub async fn run<O: Opener>(opener: &O, runners: &Runners, script: &Script, timeout: Duration, cap: usize) -> RunOutcome {
     // Held for the call: at most RUNNERS_PER_VM commands (and so runners) at once.
     let Ok(_in_use) = runners.slots.clone().acquire_owned().await else { return RunOutcome::NotStarted(GuestError::Ssh("runners closed".into())) };
+    if script.contains_nul() {
+        return RunOutcome::NotStarted(GuestError::BadPath("a NUL byte cannot be passed to the guest's shell".into()));
+    }
     let idle = runners.idle.lock().await.pop();
     let mut runner = match idle {
         Some(r) => r,
-        None => match start(pool).await {
+        None => match start(opener).await {
             Ok(r) => r,
             Err(e) => {
                 if matches!(&e, GuestError::Ssh(m) if m.contains("no bash")) {
-                    runners.disabled.store(true, std::sync::atomic::Ordering::Relaxed);
+                    runners.disabled.store(true, Ordering::Relaxed);
                 }
                 return RunOutcome::NotStarted(e);
             }
         },
     };
     let tok = uuid::Uuid::new_v4().simple().to_string();
-    let mut req = format!("{tok} {} {}\n", command.len(), cap + 1).into_bytes();
-    req.extend_from_slice(command.as_bytes());
+    let mut req = format!("{tok} {} {}\n", script.len(), cap + 1).into_bytes();
+    req.extend_from_slice(script.as_str().as_bytes());
     if let Err(e) = runner.channel.data_bytes(req).await {
         return RunOutcome::NotStarted(e.into());
     }
-    let start_marker = format!("\x1eP{tok} ");
-    let out_end = format!("\x1eE{tok} ");
-    let err_end = format!("\x1eE{tok}\x1e");
-    let (mut so, mut se) = (Vec::new(), Vec::new());
-    let mut pid: Option<i32> = None;
+    let mut started = Scan::new(format!("\x1eP{tok} "));
+    let mut out_end = Scan::new(format!("\x1eE{tok} "));
+    let mut err_end = Scan::new(format!("\x1eE{tok}"));
+    let (mut so, mut se) = (Capped { buf: Vec::new(), cap, truncated: false }, Capped { buf: Vec::new(), cap, truncated: false });
+    let (mut pid, mut rc, mut err_done): (Option<u32>, Option<Vec<u8>>, bool) = (None, None, false);
     let deadline = tokio::time::Instant::now() + timeout;
     let mut killed = false;
     // Returning early drops `runner` (its channel closes; the guest side exits on EOF):
     // a runner is only put back after a complete, well-framed exchange.
-    loop {
-        let done_out = pid.is_some() && find(&so, out_end.as_bytes()).and_then(|i| so[i..].iter().skip(1).position(|b| *b == 0x1e)).is_some();
-        let done_err = find(&se, err_end.as_bytes()).is_some();
-        if done_out && done_err {
-            break;
-        }
-        let wait_until = if killed { deadline + Duration::from_secs(5) } else { deadline };
-        match tokio::time::timeout_at(wait_until, runner.channel.wait()).await {
-            Ok(Some(ChannelMsg::Data { data })) => {
-                so.extend_from_slice(&data);
+    let mut r = Reader::new(&mut runner.channel, Caps::UNLIMITED, Some(deadline));
+    while rc.is_none() || !err_done {
+        match r.next().await {
+            Event::Stdout(d) => {
+                let mut data = d;
                 if pid.is_none() {
-                    if let Some(i) = find(&so, start_marker.as_bytes()) {
-                        let rest = &so[i + start_marker.len()..];
-                        if let Some(j) = rest.iter().position(|b| *b == 0x1e) {
-                            pid = std::str::from_utf8(&rest[..j]).ok().and_then(|p| p.trim().parse().ok());
-                            so.drain(..i + start_marker.len() + j + 1);
+                    match started.feed(&data, &mut |_| {}) {
+                        Some((field, rest)) => {
+                            pid = std::str::from_utf8(&field).ok().and_then(|p| p.trim().parse().ok());
+                            data = rest;
                         }
+                        None => continue,
+                    }
+                }
+                if rc.is_none() {
+                    if let Some((field, _)) = out_end.feed(&data, &mut |b| so.push(b)) {
+                        rc = Some(field);
                     }
                 }
             }
-            Ok(Some(ChannelMsg::ExtendedData { data, ext: 1 })) => se.extend_from_slice(&data),
-            Ok(Some(_)) => {}
-            Ok(None) => {
+            Event::Stderr(d) => {
+                if !err_done && err_end.feed(&d, &mut |b| se.push(b)).is_some() {
+                    err_done = true;
+                }
+            }
+            Event::Exit(_) | Event::Signal(_) | Event::Refused | Event::Closed => {
                 return match pid {
                     None => RunOutcome::NotStarted(GuestError::Ssh("the runner closed before the command started".into())),
-                    Some(_) if killed => RunOutcome::Ran(partial(so, se, cap, true)),
+                    Some(_) if killed => RunOutcome::Ran(partial(so, se, true)),
                     Some(_) => RunOutcome::Lost(GuestError::Ssh(
                         "the guest's SSH connection closed while the command ran (VM stopped or rebooted?); its outcome is unknown".into(),
                     )),
                 };
             }
-            Err(_) if !killed => {
+            Event::Deadline if !killed => {
                 let Some(p) = pid else { return RunOutcome::NotStarted(GuestError::Ssh("the runner did not start the command in time".into())) };
                 killed = true;
-                super::exec::kill_tree(pool, p).await;
+                r.set_deadline(Some(deadline + Duration::from_secs(5)));
+                super::kill::tree(opener, p).await;
             }
-            Err(_) => return RunOutcome::Ran(partial(so, se, cap, true)),
+            Event::Deadline => return RunOutcome::Ran(partial(so, se, true)),
         }
     }
-    let i = find(&so, out_end.as_bytes()).unwrap_or(so.len());
-    let rc_text: Vec<u8> = so[i + out_end.len()..].iter().take_while(|b| **b != 0x1e).copied().collect();
-    let rc = std::str::from_utf8(&rc_text).ok().and_then(|r| r.trim().parse::<i32>().ok());
-    so.truncate(i);
-    let j = find(&se, err_end.as_bytes()).unwrap_or(se.len());
-    se.truncate(j);
-    let mut out = ExecOutput { exit_code: rc, ..partial(so, se, cap, killed) };
+    let code = rc.as_deref().and_then(|t| std::str::from_utf8(t).ok()).and_then(|t| t.trim().parse::<i32>().ok());
+    let mut out = Output { exit_code: code, ..partial(so, se, killed) };
     if killed {
         out.exit_code = None;
         out.signal = Some("KILL".into());
@@ -196,9 +238,42 @@ pub async fn run(pool: &Pool, runners: &Runners, command: &str, timeout: Duratio
     RunOutcome::Ran(out)
 }
 
-fn partial(mut so: Vec<u8>, mut se: Vec<u8>, cap: usize, timed_out: bool) -> ExecOutput {
-    let truncated = so.len() > cap || se.len() > cap;
-    so.truncate(cap);
-    se.truncate(cap);
-    ExecOutput { stdout: so, stderr: se, exit_code: None, signal: None, timed_out, truncated }
+fn partial(so: Capped, se: Capped, timed_out: bool) -> Output {
+    Output { truncated: so.truncated || se.truncated, stdout: so.buf, stderr: se.buf, exit_code: None, signal: None, timed_out }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_finds_a_frame_split_anywhere_and_holds_back_little() {
+        let stream = b"before\x1eE1234 7\x1eafter";
+        for split in 0..stream.len() {
+            let mut s = Scan::new("\x1eE1234 ".into());
+            let mut passed = Vec::new();
+            let (field, rest) = match s.feed(&stream[..split], &mut |b| passed.extend_from_slice(b)) {
+                Some((field, mut rest)) => {
+                    rest.extend_from_slice(&stream[split..]);
+                    (field, rest)
+                }
+                None => s.feed(&stream[split..], &mut |b| passed.extend_from_slice(b)).expect("frame"),
+            };
+            assert_eq!((field.as_slice(), rest.as_slice(), passed.as_slice()), (&b"7"[..], &b"after"[..], &b"before"[..]), "split at {split}");
+        }
+        let mut s = Scan::new("\x1eE1234 ".into());
+        let mut n = 0;
+        for _ in 0..1000 {
+            assert!(s.feed(&[b'x'; 4096], &mut |b| n += b.len()).is_none());
+            assert!(s.held.len() < 8, "held back {} bytes", s.held.len());
+        }
+        assert_eq!(n + s.held.len(), 4096 * 1000);
+    }
+
+    #[test]
+    fn capped_keeps_the_head_and_flags() {
+        let mut c = Capped { buf: Vec::new(), cap: 3, truncated: false };
+        c.push(b"hello");
+        assert_eq!((c.buf.as_slice(), c.truncated), (&b"hel"[..], true));
+    }
 }

@@ -1,11 +1,17 @@
 //! search: the original's `grep -RInI` with every token quoted, aggregated per file as
-//! `L<n>: text`; max_results_total stops the remote grep, timeout_seconds is a total deadline.
-use super::exec::kill_marked;
-use super::pool::Pool;
+//! `L<n>: text`. The number of hits is capped (max_results_total, or MAX_HITS by default),
+//! as are the bytes read and the length of a line; timeout_seconds is a total deadline.
+use super::channel::{self, Opener};
+use super::cmd::{self, Grep, Pidfile};
+use super::reader::{Caps, Event, Lines, Reader};
 use super::GuestError;
-use crate::util::shell_quote;
-use russh::ChannelMsg;
 use std::time::Duration;
+
+/// Hits returned when the request sets no lower limit.
+pub const MAX_HITS: usize = 10_000;
+/// grep output read at most (bytes); a longer line is cut at MAX_LINE.
+pub const MAX_BYTES: usize = 16 * 1024 * 1024;
+pub const MAX_LINE: usize = 4096;
 
 #[derive(Debug, Clone)]
 pub struct SearchSpec {
@@ -18,33 +24,17 @@ pub struct SearchSpec {
     pub timeout: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SearchHit {
     pub path: String,
     pub matchs: Vec<String>,
 }
 
-pub fn command(spec: &SearchSpec) -> String {
-    let mut t: Vec<String> = vec!["grep".into(), "-RInI".into()];
-    if spec.case_insensitive {
-        t.push("-i".into());
-    }
-    for d in &spec.exclude_dirs {
-        if !d.trim().is_empty() {
-            t.push(shell_quote(&format!("--exclude-dir={d}")));
-        }
-    }
-    for g in &spec.include_globs {
-        let g = g.trim();
-        if !g.is_empty() && g != "*" {
-            t.push(shell_quote(&format!("--include={g}")));
-        }
-    }
-    t.push("-e".into());
-    t.push(shell_quote(&spec.pattern));
-    t.push("--".into());
-    t.push(shell_quote(&spec.root));
-    t.join(" ")
+#[derive(Debug, Default)]
+pub struct Found {
+    pub hits: Vec<SearchHit>,
+    /// The search stopped early: the hit limit, the byte cap or the deadline.
+    pub truncated: bool,
 }
 
 /// Adds one grep output line; returns false when the line is not `path:line:text`.
@@ -60,75 +50,67 @@ pub fn add_line(hits: &mut Vec<SearchHit>, line: &[u8]) -> bool {
     true
 }
 
-pub async fn run(pool: &Pool, spec: &SearchSpec) -> Result<Vec<SearchHit>, GuestError> {
-    let marker = format!("/tmp/.vmsvc-search-{}.pid", uuid::Uuid::new_v4().simple());
-    let cmd = format!("echo $$ > {marker}; trap 'rm -f {marker}' EXIT\n{}", command(spec));
-    let limit = spec.max_results_total.filter(|n| *n > 0);
-    let mut lease = pool.session().await?;
-    lease.channel.exec(true, cmd).await?;
-    lease.channel.eof().await?;
-    let mut hits = Vec::new();
+pub async fn run<O: Opener>(opener: &O, spec: &SearchSpec) -> Result<Found, GuestError> {
+    let pidfile = Pidfile::new("search");
+    let grep = cmd::grep(&Grep {
+        pattern: &spec.pattern,
+        root: &spec.root,
+        case_insensitive: spec.case_insensitive,
+        include_globs: &spec.include_globs,
+        exclude_dirs: &spec.exclude_dirs,
+    });
+    let limit = spec.max_results_total.filter(|n| *n > 0).unwrap_or(MAX_HITS).min(MAX_HITS);
+    let (mut lease, early) = channel::start(opener, "search", &grep.with_pidfile(&pidfile)).await?;
+    let mut found = Found::default();
     let mut total = 0usize;
-    let mut pending: Vec<u8> = Vec::new();
-    let mut stopped_early = false;
-    let mut exited = false;
-    let read = async {
-        while let Some(msg) = lease.channel.wait().await {
-            if let ChannelMsg::ExitStatus { .. } = msg {
-                exited = true;
-            }
-            if let ChannelMsg::Data { data } = msg {
-                pending.extend_from_slice(&data);
-                while let Some(nl) = pending.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = pending.drain(..=nl).collect();
-                    if add_line(&mut hits, &line[..line.len() - 1]) {
-                        total += 1;
-                        if limit.is_some_and(|l| total >= l) {
-                            stopped_early = true;
-                            return;
-                        }
-                    }
-                }
-            }
-        }
-        if !pending.is_empty() && add_line(&mut hits, &pending) {
+    let mut lines = Lines::default();
+    let mut each = |line: &[u8]| {
+        if add_line(&mut found.hits, line) {
             total += 1;
         }
+        total < limit
     };
-    let timed_out = tokio::time::timeout(spec.timeout, read).await.is_err();
-    if timed_out || stopped_early {
+    let mut going = lines.feed(&early, MAX_LINE, &mut each);
+    let mut r = Reader::new(&mut lease.channel, Caps { stdout: MAX_BYTES, stderr: 64 * 1024 }, Some(tokio::time::Instant::now() + spec.timeout));
+    let mut exited = false;
+    let mut stopped = !going;
+    while going {
+        match r.next().await {
+            Event::Stdout(d) => {
+                going = lines.feed(&d, MAX_LINE, &mut each) && !r.truncated;
+                stopped = !going;
+            }
+            Event::Stderr(_) => {}
+            Event::Exit(_) | Event::Signal(_) => exited = true,
+            Event::Closed | Event::Refused => break,
+            Event::Deadline => {
+                stopped = true;
+                break;
+            }
+        }
+    }
+    if !stopped {
+        if let Some(last) = lines.finish() {
+            each(&last);
+        }
+    }
+    let truncated = stopped || r.truncated;
+    if stopped {
         let _ = lease.channel.close().await;
         drop(lease);
-        kill_marked(pool, &marker).await;
+        super::kill::recorded(opener, &pidfile).await;
     } else if !exited {
         // The channel ended without grep's exit status: the connection went away mid-search,
         // so the hits are not the whole answer.
         return Err(GuestError::Ssh("the guest's SSH connection closed during the search (VM stopped or rebooted?)".into()));
     }
-    Ok(hits)
+    found.truncated = truncated;
+    Ok(found)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn spec() -> SearchSpec {
-        SearchSpec {
-            pattern: "it's; rm -rf /".into(),
-            root: "/app dir".into(),
-            case_insensitive: true,
-            include_globs: vec!["".into(), "*".into(), "*.py".into()],
-            exclude_dirs: vec![".git".into(), "node modules".into()],
-            max_results_total: None,
-            timeout: Duration::from_secs(1),
-        }
-    }
-
-    #[test]
-    fn every_token_is_quoted_and_empty_globs_skipped() {
-        let c = command(&spec());
-        assert_eq!(c, r"grep -RInI -i --exclude-dir=.git '--exclude-dir=node modules' '--include=*.py' -e 'it'\''s; rm -rf /' -- '/app dir'");
-    }
 
     #[test]
     fn lines_aggregate_per_file_in_first_seen_order() {

@@ -2,7 +2,7 @@
 //! multiplexed by id). Opening and closing a subsystem channel per operation raced with
 //! dropbear's channel-number reuse: a late close for the old channel could end the next
 //! one ("sender dropped"). The session is re-opened when its channel has ended.
-use super::pool::{await_replies, open_channel, Pool};
+use super::channel::{self, await_replies, Lease, Opener};
 use super::GuestError;
 use russh::client::Msg;
 use russh::Channel;
@@ -64,15 +64,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 }
 
 /// The VM's SFTP session, opened on first use and again after its channel ended.
-pub async fn session(pool: &Pool) -> Result<Arc<SftpSession>, GuestError> {
-    let mut cached = pool.sftp_cache().0.lock().await;
+pub async fn session<O: Opener>(opener: &O, cache: &SftpCache) -> Result<Arc<SftpSession>, GuestError> {
+    let mut cached = cache.0.lock().await;
     if let Some(c) = cached.as_ref() {
         if !c.ended.load(Ordering::SeqCst) {
             return Ok(c.session.clone());
         }
     }
     *cached = None;
-    let (channel, permit, _) = open_channel(pool, "sftp subsystem request", |mut ch: Channel<Msg>| async move {
+    let (Lease { channel, permit }, _) = channel::open_with(opener, "sftp subsystem request", |mut ch: Channel<Msg>| async move {
         let r = async {
             ch.request_subsystem(true, "sftp").await?;
             await_replies(&mut ch, 1).await

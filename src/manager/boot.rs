@@ -1,16 +1,22 @@
-//! Boot: overlay → seed → port → QEMU → SSH ready (banner, key auth, VM id).
-use super::console::console_tail;
-use super::{Manager, ManagerError, Result, Running};
-use crate::guest::pool::{Pool, Target};
-use crate::model::{now, VmState};
+//! Boot, in four steps: prepare (overlay, seed, empty console log, file modes) → launch
+//! (a reserved port, QEMU spawned and watched) → wait (ready marker, SSH banner, key auth
+//! and identity check) → commit (the record says running). Until the commit, a guard owns
+//! the QEMU: any failure or cancellation kills it and gives its port back.
+use super::{lock, Live, Manager, ManagerError, Result, Slot, VmFiles};
+use crate::guest::pool::Target;
+use crate::guest::{GuestError, GuestVm};
+use crate::model::{now, VmRecord, VmState};
 use crate::qemu::args::{self, Arch, LaunchSpec};
 use crate::qemu::image::{BaseImage, Boot};
-use crate::qemu::{accel, overlay, process, seed};
-use std::path::Path;
+use crate::qemu::{accel, overlay, process, seed, QemuError};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
+
+/// QEMU launches tried when another process took the SSH port first.
+const PORT_ATTEMPTS: usize = 3;
 
 /// Connect, then wait for the `SSH-` banner with a short per-attempt timeout: QEMU's
 /// user network accepts early connects and replays them late, so a connect alone proves
@@ -29,15 +35,15 @@ async fn banner_ready(port: u16) -> Option<(tokio::net::TcpStream, Vec<u8>)> {
 
 /// Waits until the guest behind `target` answers over SSH (banner, then a full pooled
 /// connection with the identity check), polling every 100 ms, for at most `limit`.
-pub(crate) async fn reconnect(target: Target, limit: Duration) -> std::result::Result<Pool, crate::guest::GuestError> {
+pub(crate) async fn reconnect(target: Target, limit: Duration) -> std::result::Result<GuestVm, GuestError> {
     let deadline = Instant::now() + limit;
-    let mut last = crate::guest::GuestError::Connect("no SSH banner yet".into());
+    let mut last = GuestError::Connect("no SSH banner yet".into());
     while Instant::now() < deadline {
         if let Some(stream) = banner_ready(target.port).await {
             let left = deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(20));
-            match Pool::connect_over(target.clone(), Some(stream), left.max(Duration::from_secs(1))).await {
-                Ok(pool) => return Ok(pool),
-                Err(e @ crate::guest::GuestError::Identity { .. }) => return Err(e),
+            match GuestVm::connect_over(target.clone(), Some(stream), left.max(Duration::from_secs(1))).await {
+                Ok(g) => return Ok(g),
+                Err(e @ GuestError::Identity { .. }) => return Err(e),
                 Err(e) => last = e,
             }
         }
@@ -46,8 +52,68 @@ pub(crate) async fn reconnect(target: Target, limit: Duration) -> std::result::R
     Err(last)
 }
 
-fn marker_seen(console: &Path, marker: &str) -> bool {
-    std::fs::read(console).map(|d| String::from_utf8_lossy(&d).contains(marker)).unwrap_or(false)
+/// Owns a launched QEMU until the boot commits: dropped before that, it kills QEMU and
+/// takes it out of the VM's slot (the port is released once QEMU is gone).
+struct LaunchGuard {
+    slot: Arc<Slot>,
+    live: Arc<Live>,
+    committed: bool,
+}
+
+impl Drop for LaunchGuard {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        self.live.stopping.store(true, Ordering::SeqCst);
+        self.live.proc.signal(nix::sys::signal::Signal::SIGKILL);
+        let mut cur = lock(&self.slot.live);
+        if cur.as_ref().is_some_and(|l| Arc::ptr_eq(l, &self.live)) {
+            *cur = None;
+        }
+    }
+}
+
+/// Finds a marker in the console log as it grows, reading only what is new.
+struct MarkerScan {
+    marker: Vec<u8>,
+    offset: u64,
+    rotations: u64,
+    window: Vec<u8>,
+}
+
+impl MarkerScan {
+    /// Reads what is new; true once the marker has appeared.
+    async fn seen(&mut self, console: &Arc<super::console::ConsoleLog>) -> bool {
+        loop {
+            let (log, off) = (console.clone(), self.offset);
+            let Ok((rotations, bytes)) = tokio::task::spawn_blocking(move || log.read_from(off)).await else { return false };
+            if rotations != self.rotations {
+                // Moved to console.log.1 meanwhile: what we missed there is not searched.
+                self.rotations = rotations;
+                self.offset = 0;
+                continue;
+            }
+            if bytes.is_empty() {
+                return false;
+            }
+            self.offset += bytes.len() as u64;
+            self.window.extend_from_slice(&bytes);
+            if self.window.windows(self.marker.len()).any(|w| w == self.marker.as_slice()) {
+                return true;
+            }
+            let keep = self.marker.len().saturating_sub(1);
+            let cut = self.window.len().saturating_sub(keep);
+            self.window.drain(..cut);
+        }
+    }
+}
+
+/// Why a wait for the guest ended without it.
+enum NotReady {
+    Failed(ManagerError),
+    /// QEMU could not bind the SSH port (another process took it): launch again.
+    PortTaken,
 }
 
 impl Manager {
@@ -68,7 +134,7 @@ impl Manager {
                 });
                 // The probe costs up to 6 s; its result holds until the host reboots.
                 let cache = self.cfg.base_dir.join("accel-probe.json");
-                let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+                let boot_id = tokio::fs::read_to_string("/proc/sys/kernel/random/boot_id").await.unwrap_or_default();
                 let key = format!("{}|{}|{:?}", boot_id.trim(), self.cfg.qemu_bin, kernel);
                 if let Some(r) = accel::load_cached(&cache, &key) {
                     tracing::info!(accel = r.accel.as_str(), reason = %r.reason, "accelerator chosen (cached probe)");
@@ -82,34 +148,80 @@ impl Manager {
             .await
     }
 
+    /// The base image a record boots: an image name under VM_BASE_DIR/images, or (no name
+    /// recorded) VM_BASE_IMAGE.
+    pub(crate) fn image_of(&self, rec: &VmRecord) -> Result<BaseImage> {
+        Ok(match rec.base_image.as_deref() {
+            Some(name) => BaseImage::by_name(name, &self.cfg.images_dir())?,
+            None => BaseImage::resolve(&self.cfg.base_image, &self.cfg.images_dir())?,
+        })
+    }
+
     /// Boots the VM and waits until it is reachable; the caller holds the VM's op lock.
     pub(crate) async fn boot(self: &Arc<Self>, id: &str, cancel: CancellationToken) -> Result<()> {
         let started = Instant::now();
+        let cancelled = || ManagerError::Busy("boot cancelled by a stop or delete".into());
         if cancel.is_cancelled() {
-            return Err(ManagerError::Busy("boot cancelled by a stop or delete".into()));
+            return Err(cancelled());
         }
         let rec = self.get(id).await?;
+        let image = self.image_of(&rec)?;
         let f = self.files(id);
-        let image = BaseImage::resolve(rec.base_image.as_deref().unwrap_or(&self.cfg.base_image), &self.cfg.images_dir())?;
-        std::fs::create_dir_all(&f.dir).map_err(|e| ManagerError::Internal(format!("creating {}: {e}", f.dir.display())))?;
-        if !f.overlay.exists() {
-            let size = overlay::create(&self.cfg.qemu_img, &image.disk, &f.overlay, rec.disk_gib).await?;
-            self.emit_step(id, "overlay_created", Some(format!("{} bytes virtual", size)));
-        }
-        let user = self.cfg.ssh_user.clone();
-        seed::write(&f.seed, &seed::user_data(&user, &self.pubkey, id), &seed::meta_data(id))?;
-        self.emit_step(id, "seed_written", None);
-        for stale in [&f.pidfile, &f.qmp] {
-            let _ = std::fs::remove_file(stale);
-        }
-        let _ = std::fs::write(&f.console, b"");
-        if let Some((uid, gid)) = self.cfg.run_as {
-            for p in [&f.dir, &f.overlay, &f.seed, &f.console] {
-                let _ = nix::unistd::chown(p.as_path(), Some(nix::unistd::Uid::from_raw(uid)), Some(nix::unistd::Gid::from_raw(gid)));
+        let slot = self.slot(id);
+        self.prepare(id, &rec, &image, &f, &slot).await?;
+        for attempt in 1..=PORT_ATTEMPTS {
+            if cancel.is_cancelled() {
+                return Err(cancelled());
+            }
+            let guard = self.launch(id, &rec, &image, &f, &slot).await?;
+            let spawned_at = started.elapsed();
+            match self.wait_ready(id, &image, &f, &guard, &cancel, started).await {
+                Ok((guest, timings)) => return self.commit(id, guard, guest, started, spawned_at, timings).await,
+                Err(NotReady::PortTaken) if attempt < PORT_ATTEMPTS => {
+                    tracing::warn!(vm_id = %id, port = guard.live.port.port(), "another process took the SSH port; launching again on another");
+                    drop(guard);
+                }
+                Err(NotReady::PortTaken) => return Err(ManagerError::Internal("QEMU could not bind a free SSH port three times".into())),
+                Err(NotReady::Failed(e)) => return Err(e),
             }
         }
+        Err(ManagerError::Internal("boot did not start".into()))
+    }
+
+    /// Overlay (first boot only), seed disk, an empty console log, modes and owners.
+    async fn prepare(&self, id: &str, rec: &VmRecord, image: &BaseImage, f: &VmFiles, slot: &Arc<Slot>) -> Result<()> {
+        let dir = f.dir.clone();
+        blocking(move || crate::util::private_dir(&dir).map_err(|e| ManagerError::Internal(format!("creating {}: {e}", dir.display())))).await?;
+        if !tokio::fs::try_exists(&f.overlay).await.unwrap_or(false) {
+            let size = overlay::create(&self.cfg.qemu_img, &image.disk, &f.overlay, rec.disk_gib).await?;
+            self.emit_step(id, "overlay_created", Some(format!("{size} bytes virtual")));
+        }
+        let (seed_path, user_data, meta) = (f.seed.clone(), seed::user_data(&self.cfg.ssh_user, &self.pubkey, id), seed::meta_data(id));
+        blocking(move || Ok(seed::write(&seed_path, &user_data, &meta)?)).await?;
+        self.emit_step(id, "seed_written", None);
+        let (console, run_as) = (slot.console.clone(), self.cfg.run_as);
+        let owned = [f.dir.clone(), f.overlay.clone(), f.seed.clone(), f.console.clone()];
+        let stale = [f.pidfile.clone(), f.qmp.clone()];
+        blocking(move || {
+            for p in &stale {
+                let _ = std::fs::remove_file(p);
+            }
+            console.restart().map_err(|e| ManagerError::Internal(format!("creating the console log: {e}")))?;
+            if let Some((uid, gid)) = run_as {
+                for p in &owned {
+                    nix::unistd::chown(p.as_path(), Some(nix::unistd::Uid::from_raw(uid)), Some(nix::unistd::Gid::from_raw(gid)))
+                        .map_err(|e| ManagerError::Internal(format!("giving {} to QEMU's user {uid}: {e}", p.display())))?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Reserves a port, spawns QEMU and puts it in the VM's slot, watched.
+    async fn launch(self: &Arc<Self>, id: &str, rec: &VmRecord, image: &BaseImage, f: &VmFiles, slot: &Arc<Slot>) -> Result<LaunchGuard> {
         let accel = self.accelerator().await.accel;
-        let port = self.ports.reserve().ok_or(crate::qemu::QemuError::NoPort)?;
+        let mut port = self.ports.reserve().ok_or(QemuError::NoPort)?;
         let spec = LaunchSpec {
             qemu_bin: self.cfg.qemu_bin.clone(),
             arch: Arch::host(),
@@ -121,7 +233,7 @@ impl Manager {
             console_log: f.console.clone(),
             qmp_socket: f.qmp.clone(),
             pidfile: f.pidfile.clone(),
-            ssh_port: port,
+            ssh_port: port.port(),
             boot: image.boot.clone(),
             machine: image.machine.clone(),
             cpu: image.cpu.clone(),
@@ -130,31 +242,18 @@ impl Manager {
             no_egress: rec.no_egress,
             sandbox: self.sandbox.get().copied().unwrap_or(false),
         };
-        let argv = match args::build(&spec) {
-            Ok(a) => a,
-            Err(e) => {
-                self.ports.release(port);
-                return Err(e.into());
-            }
-        };
-        if cancel.is_cancelled() {
-            self.ports.release(port);
-            return Err(ManagerError::Busy("boot cancelled by a stop or delete".into()));
-        }
-        let child = match process::spawn(&argv, &f.qemu_log, self.cfg.run_as) {
-            Ok(c) => c,
-            Err(e) => {
-                self.ports.release(port);
-                return Err(e.into());
-            }
-        };
-        let spawned_at = started.elapsed();
-        let running = self.watch_child(id, child, port);
-        let pid = running.pid;
-        let mut exited = running.exited.clone();
-        let slot = self.slot(id);
-        *slot.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(running);
+        let argv = args::build(&spec)?;
+        port.unbind();
+        let child = process::spawn(&argv, &f.qemu_log, self.cfg.run_as)?;
+        let (proc, exit) = process::own_child(child)?;
+        let pid = proc.pid();
+        let (tx, exited) = tokio::sync::watch::channel(false);
+        let live = Arc::new(Live { proc, port, exited, stopping: AtomicBool::new(false), guest: Default::default() });
+        *lock(&slot.live) = Some(live.clone());
+        self.watch_qemu(id, live.clone(), exit, tx);
+        let guard = LaunchGuard { slot: slot.clone(), live, committed: false };
         self.emit_step(id, "qemu_started", Some(format!("pid {pid}, accel {}", accel.as_str())));
+        let (port, user) = (guard.live.port.port(), self.cfg.ssh_user.clone());
         self.catalog
             .update(
                 id,
@@ -164,120 +263,170 @@ impl Manager {
                 }),
             )
             .await?;
+        Ok(guard)
+    }
 
+    /// Waits for the guest's ready marker, then its SSH banner, then a full SSH session
+    /// with the identity check; ends early when QEMU exits, the boot is cancelled or the
+    /// boot timeout passes.
+    async fn wait_ready(
+        &self,
+        id: &str,
+        image: &BaseImage,
+        f: &VmFiles,
+        guard: &LaunchGuard,
+        cancel: &CancellationToken,
+        started: Instant,
+    ) -> std::result::Result<(GuestVm, Timings), NotReady> {
+        let live = &guard.live;
+        let console = guard.slot.console.clone();
+        let mut changed = console.subscribe();
+        let mut exited = live.exited.clone();
         let timeout = Duration::from_secs(self.cfg.timeout_boot_s);
         let deadline = Instant::now() + timeout;
-        let target =
-            Target { vm_id: id.to_string(), port, user: self.cfg.ssh_user.clone(), key: self.key.clone(), host_key: Arc::new(std::sync::Mutex::new(None)) };
-        let marker = image.ready_marker.clone();
-        let (mut marker_at, mut banner_at) = (None, None);
-        let outcome: Result<Pool> = loop {
+        let target = Target {
+            vm_id: id.to_string(),
+            port: live.port.port(),
+            user: self.cfg.ssh_user.clone(),
+            key: self.key.clone(),
+            host_key: Arc::new(std::sync::Mutex::new(None)),
+        };
+        let mut scan = image.ready_marker.clone().map(|m| MarkerScan { marker: m.into_bytes(), offset: 0, rotations: 0, window: Vec::new() });
+        let mut t = Timings::default();
+        loop {
             if *exited.borrow() {
-                let log = console_tail(&f.qemu_log, 5);
-                break Err(ManagerError::Internal(format!("qemu exited during boot; qemu said: {log}\nconsole tail:\n{}", console_tail(&f.console, 30))));
+                let qemu_said = self.log_tail(&f.qemu_log, 5).await;
+                if qemu_said.contains("Could not set up host forwarding rule") {
+                    return Err(NotReady::PortTaken);
+                }
+                let tail = self.console_tail(id, 30).await;
+                return Err(NotReady::Failed(ManagerError::Internal(format!("qemu exited during boot; qemu said: {qemu_said}\nconsole tail:\n{tail}"))));
             }
             if cancel.is_cancelled() {
-                break Err(ManagerError::Busy("boot cancelled by a stop or delete".into()));
+                return Err(NotReady::Failed(ManagerError::Busy("boot cancelled by a stop or delete".into())));
             }
             if Instant::now() >= deadline {
-                break Err(ManagerError::Internal(format!(
-                    "guest not reachable over SSH within {} s; console tail:\n{}",
-                    timeout.as_secs(),
-                    console_tail(&f.console, 30)
-                )));
+                let tail = self.console_tail(id, 30).await;
+                return Err(NotReady::Failed(ManagerError::Internal(format!(
+                    "guest not reachable over SSH within {} s; console tail:\n{tail}",
+                    timeout.as_secs()
+                ))));
             }
-            let marker_ok = marker_at.is_some() || marker.as_deref().map(|m| marker_seen(&f.console, m)).unwrap_or(true);
-            if marker_ok && marker_at.is_none() {
-                marker_at = Some(started.elapsed());
-            }
-            let probe = if marker_ok { banner_ready(port).await } else { None };
-            if let Some(stream) = probe {
-                banner_at.get_or_insert(started.elapsed());
-                match Pool::connect_over(target.clone(), Some(stream), Duration::from_secs(20)).await {
-                    Ok(pool) => break Ok(pool),
-                    Err(e @ crate::guest::GuestError::Identity { .. }) => break Err(e.into()),
-                    Err(e) => tracing::debug!(vm_id = %id, error = %e, "ssh not ready yet"),
+            if t.marker.is_none() {
+                let seen = match scan.as_mut() {
+                    Some(s) => s.seen(&console).await,
+                    None => true,
+                };
+                if seen {
+                    t.marker = Some(started.elapsed());
                 }
             }
+            if t.marker.is_some() {
+                if let Some(stream) = banner_ready(target.port).await {
+                    t.banner.get_or_insert(started.elapsed());
+                    match GuestVm::connect_over(target.clone(), Some(stream), Duration::from_secs(20)).await {
+                        Ok(g) => return Ok((g, t)),
+                        Err(e @ GuestError::Identity { .. }) => return Err(NotReady::Failed(e.into())),
+                        Err(e) => tracing::debug!(vm_id = %id, error = %e, "ssh not ready yet"),
+                    }
+                }
+            }
+            // Before the marker, the console's growth wakes the scan; after it, short
+            // polls (the guest answers within ~0.2 s of its marker).
+            let poll = if t.marker.is_some() { Duration::from_millis(10) } else { Duration::from_millis(250) };
             tokio::select! {
-                // Short polls: each costs a small file read or one loopback connect, and the
-                // guest is ready within ~0.2 s of its marker.
-                _ = tokio::time::sleep(Duration::from_millis(if marker_ok { 10 } else { 20 })) => {}
+                _ = tokio::time::sleep(poll) => {}
+                _ = changed.changed(), if t.marker.is_none() => {}
                 _ = exited.changed() => {}
                 _ = cancel.cancelled() => {}
             }
-        };
-        match outcome {
-            Ok(pool) => {
-                let host_key = pool.host_key();
-                *slot.pool.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(pool));
-                let ms = |d: Option<Duration>| d.map(|d| format!("{:.0} ms", d.as_secs_f64() * 1000.0)).unwrap_or_else(|| "-".into());
-                self.emit_step(
-                    id,
-                    "ssh_ready",
-                    Some(format!(
-                        "{:.2} s after boot start (QEMU started at {}, guest ready marker at {}, SSH banner at {}, session + identity check done at {})",
-                        started.elapsed().as_secs_f64(),
-                        ms(Some(spawned_at)),
-                        ms(marker_at),
-                        ms(banner_at),
-                        ms(Some(started.elapsed()))
-                    )),
-                );
-                let t = now();
-                self.catalog
-                    .update(
-                        id,
-                        Box::new(move |r| {
-                            r.state = VmState::Running;
-                            r.booted_at = Some(t);
-                            r.error_reason = None;
-                            r.host_key = host_key;
-                        }),
-                    )
-                    .await?;
-                self.stats.observe_boot(started.elapsed().as_secs_f64());
-                self.emit_state(id, VmState::Running, None);
-                Ok(())
-            }
-            Err(e) => {
-                self.kill_running(id, Duration::from_secs(3)).await;
-                Err(e)
-            }
         }
+    }
+
+    async fn commit(&self, id: &str, mut guard: LaunchGuard, guest: GuestVm, started: Instant, spawned_at: Duration, t: Timings) -> Result<()> {
+        let host_key = guest.host_key();
+        *lock(&guard.live.guest) = Some(Arc::new(guest));
+        let ms = |d: Option<Duration>| d.map(|d| format!("{:.0} ms", d.as_secs_f64() * 1000.0)).unwrap_or_else(|| "-".into());
+        let at = now();
+        self.catalog
+            .update(
+                id,
+                Box::new(move |r| {
+                    r.state = VmState::Running;
+                    r.booted_at = Some(at);
+                    r.error_reason = None;
+                    r.host_key = host_key;
+                }),
+            )
+            .await?;
+        guard.committed = true;
+        self.emit_step(
+            id,
+            "ssh_ready",
+            Some(format!(
+                "{:.2} s after boot start (QEMU started at {}, guest ready marker at {}, SSH banner at {}, session + identity check done at {})",
+                started.elapsed().as_secs_f64(),
+                ms(Some(spawned_at)),
+                ms(t.marker),
+                ms(t.banner),
+                ms(Some(started.elapsed()))
+            )),
+        );
+        self.stats.observe_boot(started.elapsed().as_secs_f64());
+        self.emit_state(id, VmState::Running, None);
+        Ok(())
+    }
+
+    /// The last lines of the VM's console log.
+    pub async fn console_tail(&self, id: &str, lines: usize) -> String {
+        let console = self.slot(id).console.clone();
+        tokio::task::spawn_blocking(move || console.tail(lines)).await.unwrap_or_default()
+    }
+
+    async fn log_tail(&self, path: &std::path::Path, lines: usize) -> String {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || super::console::file_tail(&path, lines)).await.unwrap_or_default()
     }
 
     /// Stops the QEMU of `id` now: powerdown when `grace` > 0, then SIGTERM, then SIGKILL.
     pub(crate) async fn kill_running(&self, id: &str, grace: Duration) {
-        let slot = self.slot(id);
-        let taken: Option<Running> = slot.running.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let pool = slot.pool.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(p) = pool {
-            p.close().await;
+        let Some(slot) = self.existing_slot(id) else { return };
+        let taken = lock(&slot.live).take();
+        let Some(live) = taken else { return };
+        live.stopping.store(true, Ordering::SeqCst);
+        if let Some(g) = live.guest() {
+            g.close().await;
         }
-        let Some(mut r) = taken else { return };
-        r.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
         let f = self.files(id);
-        let wait = |rx: &mut tokio::sync::watch::Receiver<bool>, d: Duration| {
-            let mut rx = rx.clone();
+        let wait = |d: Duration| {
+            let mut rx = live.exited.clone();
             async move { tokio::time::timeout(d, rx.wait_for(|e| *e)).await.is_ok() }
         };
-        let mut done = *r.exited.borrow();
-        if !done && !grace.is_zero() {
-            if crate::qemu::qmp::execute(&f.qmp, "system_powerdown", None).await.is_ok() {
-                done = wait(&mut r.exited, grace).await;
-            }
+        let mut done = *live.exited.borrow();
+        if !done && !grace.is_zero() && crate::qemu::qmp::execute(&f.qmp, "system_powerdown", None).await.is_ok() {
+            done = wait(grace).await;
         }
         if !done {
-            process::signal(r.pid, nix::sys::signal::Signal::SIGTERM);
-            done = wait(&mut r.exited, Duration::from_secs(5)).await;
+            live.proc.signal(nix::sys::signal::Signal::SIGTERM);
+            done = wait(Duration::from_secs(5)).await;
         }
         if !done {
-            process::signal(r.pid, nix::sys::signal::Signal::SIGKILL);
-            let _ = wait(&mut r.exited, Duration::from_secs(5)).await;
+            live.proc.signal(nix::sys::signal::Signal::SIGKILL);
+            let _ = wait(Duration::from_secs(5)).await;
         }
-        self.ports.release(r.port);
-        let _ = std::fs::remove_file(&f.pidfile);
-        let _ = std::fs::remove_file(&f.qmp);
+        let _ = tokio::fs::remove_file(&f.pidfile).await;
+        let _ = tokio::fs::remove_file(&f.qmp).await;
     }
+}
+
+/// When the guest's milestones were reached, from the start of the boot.
+#[derive(Default)]
+struct Timings {
+    marker: Option<Duration>,
+    banner: Option<Duration>,
+}
+
+/// Runs blocking file work off the async runtime.
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ManagerError::Internal(format!("blocking task failed: {e}")))?
 }

@@ -1,8 +1,11 @@
 //! Admission control: a create is checked against the per-VM maxima (422 naming the field)
 //! and against what the node has left (507 with the numbers), before anything is made.
+//! Decisions are made one at a time under one lock; a VM admitted but not yet in the
+//! catalog is counted from an in-memory reservation, so concurrent creates cannot
+//! overcommit the node.
 use super::{Manager, ManagerError, Result};
-use crate::manager::lifecycle::CreateSpec;
 use crate::model::VmState;
+use std::collections::HashMap;
 
 /// What the host has, read at admission time.
 #[derive(Debug, Clone, Copy)]
@@ -33,7 +36,7 @@ fn meminfo_mib(key: &str) -> Option<u64> {
 }
 
 pub fn host_free(dir: &std::path::Path) -> HostFree {
-    let disk_free_mib = nix::sys::statvfs::statvfs(dir).map(|s| s.blocks_available() as u64 * s.fragment_size() as u64 / (1 << 20)).unwrap_or(u64::MAX);
+    let disk_free_mib = nix::sys::statvfs::statvfs(dir).map(|s| s.blocks_available() * s.fragment_size() / (1 << 20)).unwrap_or(u64::MAX);
     HostFree {
         mem_total_mib: meminfo_mib("MemTotal:").unwrap_or(u64::MAX),
         mem_available_mib: meminfo_mib("MemAvailable:").unwrap_or(u64::MAX),
@@ -73,18 +76,47 @@ pub fn admit(mem_mib: u64, vcpus: u64, host: HostFree, used: Committed, p: Polic
     Ok(())
 }
 
+/// VMs admitted whose record does not say so yet: id → (mem_mib, vcpus).
+pub type Pending = std::sync::Mutex<HashMap<String, (u64, u64)>>;
+
+/// An admission: counted as pending until dropped (by then the record holds the VM, or
+/// the create failed).
+pub struct Admitted<'a> {
+    pending: &'a Pending,
+    id: String,
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        super::lock(self.pending).remove(&self.id);
+    }
+}
+
 impl Manager {
-    pub(crate) async fn admit(&self, spec: &CreateSpec) -> Result<()> {
+    /// Admits VM `id` (`mem_mib`, `vcpus`) onto this node or answers why not. The node's
+    /// running and booting VMs count, and so do admissions still being recorded.
+    pub(crate) async fn admit(&self, id: &str, mem_mib: u32, vcpus: u32) -> Result<Admitted<'_>> {
+        let _one_at_a_time = self.admission.lock().await;
+        let records = self.catalog.list().await?;
+        let dir = self.cfg.base_dir.clone();
+        let host = tokio::task::spawn_blocking(move || host_free(&dir)).await.map_err(|e| ManagerError::Internal(e.to_string()))?;
+        let mut pending = super::lock(&self.pending);
         let mut used = Committed::default();
-        for r in self.catalog.list().await? {
+        for r in records {
             let ours = r.node.as_deref().is_none_or(|n| n == self.cfg.node_name);
-            if ours && matches!(r.state, VmState::Running | VmState::Provisioning) {
+            if ours && matches!(r.state, VmState::Running | VmState::Provisioning) && !pending.contains_key(&r.id) {
                 used.mem_mib += r.mem_mib as u64;
                 used.vcpus += r.vcpus as u64;
             }
         }
+        for (m, v) in pending.values() {
+            used.mem_mib += m;
+            used.vcpus += v;
+        }
         let p = Policy { mem_reserve_mib: self.cfg.mem_reserve_mib, cpu_overcommit: self.cfg.cpu_overcommit, min_free_disk_mib: self.cfg.min_free_disk_mib };
-        admit(spec.mem_mib as u64, spec.vcpus as u64, host_free(&self.cfg.base_dir), used, p).map_err(ManagerError::Capacity)
+        admit(mem_mib as u64, vcpus as u64, host, used, p).map_err(ManagerError::Capacity)?;
+        pending.insert(id.to_string(), (mem_mib as u64, vcpus as u64));
+        Ok(Admitted { pending: &self.pending, id: id.to_string() })
     }
 }
 

@@ -1,9 +1,11 @@
 //! Lifecycle operations: create, start, stop, reboot, delete; adoption at start-up.
-use super::{Manager, ManagerError, Result, Slot};
+use super::boot::blocking;
+use super::{lock, Live, Manager, ManagerError, Result, Slot};
 use crate::guest::pool::Target;
 use crate::model::{now, VmRecord, VmState};
 use crate::qemu::image::BaseImage;
 use crate::qemu::process;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::OwnedMutexGuard;
@@ -30,11 +32,11 @@ impl Manager {
     fn try_op(&self, slot: &Arc<Slot>, name: &'static str) -> Result<OwnedMutexGuard<()>> {
         match slot.op.clone().try_lock_owned() {
             Ok(g) => {
-                *slot.op_name.lock().unwrap_or_else(|p| p.into_inner()) = name;
+                *lock(&slot.op_name) = name;
                 Ok(g)
             }
             Err(_) => {
-                let cur = *slot.op_name.lock().unwrap_or_else(|p| p.into_inner());
+                let cur = *lock(&slot.op_name);
                 Err(ManagerError::Busy(format!("{cur} in progress; retry when it finishes")))
             }
         }
@@ -47,16 +49,16 @@ impl Manager {
     fn try_boot_op(&self, slot: &Arc<Slot>, name: &'static str) -> Result<(OwnedMutexGuard<()>, CancellationToken)> {
         let guard = self.try_op(slot, name)?;
         let cancel = CancellationToken::new();
-        *slot.cancel.lock().unwrap_or_else(|p| p.into_inner()) = Some(cancel.clone());
+        *lock(&slot.cancel) = Some(cancel.clone());
         Ok((guard, cancel))
     }
 
     async fn preempt(&self, slot: &Arc<Slot>, name: &'static str) -> OwnedMutexGuard<()> {
-        if let Some(c) = slot.cancel.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        if let Some(c) = lock(&slot.cancel).as_ref() {
             c.cancel();
         }
         let g = slot.op.clone().lock_owned().await;
-        *slot.op_name.lock().unwrap_or_else(|p| p.into_inner()) = name;
+        *lock(&slot.op_name) = name;
         g
     }
 
@@ -99,18 +101,22 @@ impl Manager {
     pub async fn create(self: &Arc<Self>, spec: CreateSpec) -> Result<VmRecord> {
         let t0 = Instant::now();
         self.check_capacity(&spec)?;
-        self.admit(&spec).await?;
         let base = spec.base_image.clone().filter(|s| !s.trim().is_empty());
-        let image_spec = base.clone().unwrap_or_else(|| self.cfg.base_image.clone());
-        BaseImage::resolve(&image_spec, &self.cfg.images_dir()).map_err(|e| invalid("base_image", e.to_string()))?;
+        match &base {
+            Some(name) => BaseImage::by_name(name, &self.cfg.images_dir()).map(|_| ()),
+            None => BaseImage::resolve(&self.cfg.base_image, &self.cfg.images_dir()).map(|_| ()),
+        }
+        .map_err(|e| invalid("base_image", e.to_string()))?;
         let id = uuid::Uuid::new_v4().to_string();
         tracing::Span::current().record("vm_id", id.as_str());
+        let _admitted = self.admit(&id, spec.mem_mib, spec.vcpus).await?;
         let f = self.files(&id);
         // Held before the record exists: no other operation can come between the create and
         // its boot.
         let slot = self.slot(&id);
         let (guard, cancel) = self.try_boot_op(&slot, "create")?;
-        std::fs::create_dir_all(&f.dir).map_err(|e| ManagerError::Internal(format!("creating {}: {e}", f.dir.display())))?;
+        let dir = f.dir.clone();
+        blocking(move || crate::util::private_dir(&dir).map_err(|e| ManagerError::Internal(format!("creating {}: {e}", dir.display())))).await?;
         let t = now();
         let rec = VmRecord {
             id: id.clone(),
@@ -133,7 +139,8 @@ impl Manager {
             expires_at: spec.ttl_s.map(|s| t + s as f64),
         };
         if let Err(e) = self.catalog.put(rec.clone()).await {
-            let _ = std::fs::remove_dir_all(&f.dir);
+            let _ = tokio::fs::remove_dir_all(&f.dir).await;
+            lock(&self.slots).remove(&id);
             return Err(e.into());
         }
         self.emit_state(&id, VmState::Provisioning, Some("created".into()));
@@ -153,7 +160,7 @@ impl Manager {
                     Some(s) => me.boot_with_timeout(&id, cancel, s).await,
                     None => me.boot(&id, cancel).await,
                 };
-                *slot.cancel.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                *lock(&slot.cancel) = None;
                 match res {
                     Ok(()) => {
                         if let Some(t0) = t0 {
@@ -200,10 +207,18 @@ impl Manager {
         let rec = self.get(id).await?;
         let slot = self.slot(id);
         let (guard, cancel) = self.try_boot_op(&slot, "start")?;
-        if rec.state == VmState::Running {
-            *slot.cancel.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        if matches!(rec.state, VmState::Running | VmState::Provisioning) {
+            *lock(&slot.cancel) = None;
             return Ok(rec);
         }
+        // Counted as pending until the record below says provisioning.
+        let _admitted = match self.admit(id, rec.mem_mib, rec.vcpus).await {
+            Ok(a) => a,
+            Err(e) => {
+                *lock(&slot.cancel) = None;
+                return Err(e);
+            }
+        };
         self.catalog
             .update(
                 id,
@@ -223,7 +238,7 @@ impl Manager {
         if cleanup_disks {
             let f = self.files(id);
             for p in [&f.overlay, &f.seed, &f.console, &f.qemu_log, &f.pidfile] {
-                let _ = std::fs::remove_file(p);
+                let _ = tokio::fs::remove_file(p).await;
             }
         }
         self.set_state(id, VmState::Stopped, None).await?.ok_or(ManagerError::NotFound)
@@ -266,11 +281,12 @@ impl Manager {
         let _g = self.preempt(&slot, "delete").await;
         self.kill_running(id, Duration::from_secs(5)).await;
         let dir = self.files(id).dir;
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(|e| ManagerError::Internal(format!("removing {}: {e}", dir.display())))?;
+        match tokio::fs::remove_dir_all(&dir).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(ManagerError::Internal(format!("removing {}: {e}", dir.display()))),
+            _ => {}
         }
         self.catalog.delete(id).await?;
-        self.slots.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        lock(&self.slots).remove(id);
         self.emit_step(id, "deleted", None);
         Ok(rec)
     }
@@ -294,18 +310,26 @@ impl Manager {
     async fn adopt(self: &Arc<Self>, rec: &VmRecord) -> Result<()> {
         let id = rec.id.clone();
         let f = self.files(&id);
-        let pid = process::read_pidfile(&f.pidfile).filter(|p| process::is_our_qemu(*p, &f.overlay));
-        let Some(pid) = pid else {
-            let _ = std::fs::remove_file(&f.pidfile);
+        let found = process::read_pidfile(&f.pidfile).and_then(|pid| process::adopt(pid, &f.overlay));
+        let Some((proc, exit)) = found else {
+            let _ = tokio::fs::remove_file(&f.pidfile).await;
             let reason = format!("qemu was not running when the service started (was {})", rec.state.as_str());
             self.set_state(&id, VmState::Stopped, Some(reason)).await?;
             return Ok(());
         };
+        let pid = proc.pid();
         let port = process::forwarded_port(pid).or(rec.ssh_port).unwrap_or(0);
-        self.ports.claim(port);
-        let running = self.watch_adopted(&id, pid, port);
+        let Some(lease) = self.ports.claim(port) else {
+            proc.signal(nix::sys::signal::Signal::SIGKILL);
+            let reason = format!("qemu (pid {pid}) forwards port {port}, which another VM holds; it was stopped");
+            self.set_state(&id, VmState::Error, Some(reason)).await?;
+            return Ok(());
+        };
+        let (tx, exited) = tokio::sync::watch::channel(false);
+        let live = Arc::new(Live { proc, port: lease, exited, stopping: AtomicBool::new(false), guest: Default::default() });
         let slot = self.slot(&id);
-        *slot.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(running);
+        *lock(&slot.live) = Some(live.clone());
+        self.watch_qemu(&id, live.clone(), exit, tx);
         let target = Target {
             vm_id: id.clone(),
             port,
@@ -332,12 +356,12 @@ impl Manager {
                     r = super::boot::reconnect(target, Duration::from_secs(secs)) => Some(r),
                     _ = cancel.cancelled() => None,
                 };
-                *slot.cancel.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                *lock(&slot.cancel) = None;
                 match outcome {
                     None => {} // a stop/delete took over
-                    Some(Ok(pool)) => {
-                        let host_key = pool.host_key();
-                        *slot.pool.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(pool));
+                    Some(Ok(guest)) => {
+                        let host_key = guest.host_key();
+                        *lock(&live.guest) = Some(Arc::new(guest));
                         let stored = me
                             .catalog
                             .update(

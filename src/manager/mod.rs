@@ -1,25 +1,29 @@
-//! The VM manager: the lifecycle state machine. Owns the catalog, the QEMU driver and
-//! guest access. One lifecycle operation at a time per VM (a per-VM lock); stop and
-//! delete cancel an in-flight boot and then wait for the lock, start and reboot answer 409
-//! while another operation runs.
+//! The VM manager: the lifecycle state machine and the only door to a VM. Owns the
+//! catalog, the QEMU driver and guest access; the API calls it and nothing below it.
+//! One lifecycle operation at a time per VM (a per-VM lock); stop and delete cancel an
+//! in-flight boot and then wait for the lock, start and reboot answer 409 while another
+//! operation runs.
 pub mod boot;
 pub mod capacity;
 pub mod console;
 mod events;
 pub mod expiry;
+pub mod guest_ops;
 pub mod lifecycle;
+pub mod stats;
 mod watch;
 
 pub use events::Event;
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::Resolved;
-use crate::guest::pool::Pool;
-use crate::guest::GuestError;
+use crate::guest::{GuestError, GuestVm};
 use crate::model::{VmRecord, VmState};
 use crate::qemu::accel::ProbeResult;
-use crate::qemu::ports::PortPool;
+use crate::qemu::ports::{PortLease, PortPool};
+use crate::qemu::process::Proc;
 use crate::qemu::QemuError;
+use console::ConsoleLog;
 use russh::keys::PrivateKey;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -36,6 +40,9 @@ pub enum ManagerError {
     NotRunning,
     #[error("VM is busy: {0}")]
     Busy(String),
+    /// The VM is in a state that does not allow the request (409, message as is).
+    #[error("{0}")]
+    Conflict(String),
     #[error("{message}")]
     Invalid { field: String, message: String },
     #[error("{0}")]
@@ -52,38 +59,97 @@ pub enum ManagerError {
 
 pub type Result<T> = std::result::Result<T, ManagerError>;
 
-/// A QEMU process the service is driving.
-pub(crate) struct Running {
-    pub pid: i32,
-    pub port: u16,
-    pub exited: tokio::sync::watch::Receiver<bool>,
-    /// Set before a deliberate stop, so the exit watcher does not report a crash.
-    pub stopping: Arc<AtomicBool>,
+/// What kind of failure an error is, for the API to pick a status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    NotFound,
+    Conflict,
+    Invalid,
+    Capacity,
+    Unavailable,
+    BadRequest,
+    TooLarge,
+    /// The guest could not be reached or failed on the way.
+    Guest,
+    Internal,
 }
 
-#[derive(Default)]
+impl ManagerError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ManagerError::NotFound | ManagerError::Guest(GuestError::NotFound(_)) => ErrorKind::NotFound,
+            ManagerError::NotRunning | ManagerError::Busy(_) | ManagerError::Conflict(_) => ErrorKind::Conflict,
+            ManagerError::Invalid { .. } => ErrorKind::Invalid,
+            ManagerError::Capacity(_) => ErrorKind::Capacity,
+            ManagerError::Catalog(CatalogError::Unavailable(_)) => ErrorKind::Unavailable,
+            ManagerError::Guest(GuestError::BadPath(_) | GuestError::Upload(_)) => ErrorKind::BadRequest,
+            ManagerError::Guest(GuestError::TooLarge(_)) => ErrorKind::TooLarge,
+            ManagerError::Guest(_) => ErrorKind::Guest,
+            _ => ErrorKind::Internal,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A QEMU process of a VM and everything that lives as long as it: its SSH port, the
+/// guest connection once it answers, and the console watcher. The port stays reserved
+/// until the last holder (the exit watcher included) lets go, i.e. until QEMU is gone.
+pub(crate) struct Live {
+    pub proc: Proc,
+    pub port: PortLease,
+    /// Becomes true when QEMU has exited.
+    pub exited: tokio::sync::watch::Receiver<bool>,
+    /// Set before a deliberate stop, so the exit watcher does not report a crash.
+    pub stopping: AtomicBool,
+    pub guest: Mutex<Option<Arc<GuestVm>>>,
+}
+
+impl Live {
+    pub fn pid(&self) -> i32 {
+        self.proc.pid()
+    }
+
+    pub fn guest(&self) -> Option<Arc<GuestVm>> {
+        lock(&self.guest).clone()
+    }
+}
+
+/// Per-VM state of this process.
 pub(crate) struct Slot {
     pub op: Arc<tokio::sync::Mutex<()>>,
     pub op_name: Mutex<&'static str>,
     pub cancel: Mutex<Option<CancellationToken>>,
-    pub running: Mutex<Option<Running>>,
-    pub pool: Mutex<Option<Arc<Pool>>>,
-    pub cpu: Mutex<Option<crate::metrics::CpuSample>>,
+    pub live: Mutex<Option<Arc<Live>>>,
+    pub console: Arc<ConsoleLog>,
+    pub cpu: Mutex<Option<stats::CpuSample>>,
+}
+
+impl Slot {
+    pub fn live(&self) -> Option<Arc<Live>> {
+        lock(&self.live).clone()
+    }
 }
 
 pub struct Manager {
     pub cfg: Arc<Resolved>,
-    pub catalog: Arc<dyn Catalog>,
-    pub ports: PortPool,
+    catalog: Arc<dyn Catalog>,
+    ports: PortPool,
     pub accel: OnceCell<ProbeResult>,
     /// Set once at start-up (serve.rs): guest → host isolation and QEMU seccomp support.
     pub isolation: std::sync::OnceLock<crate::qemu::isolation::IsolationStatus>,
     pub sandbox: std::sync::OnceLock<bool>,
-    pub pubkey: String,
-    pub key: Arc<PrivateKey>,
-    pub(crate) slots: Mutex<HashMap<String, Arc<Slot>>>,
-    pub events: broadcast::Sender<Event>,
-    pub stats: crate::metrics::NodeStats,
+    pubkey: String,
+    key: Arc<PrivateKey>,
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    /// Admission decisions are made one at a time, with the creates admitted but not yet
+    /// recorded counted in (`capacity.rs`).
+    admission: tokio::sync::Mutex<()>,
+    pending: capacity::Pending,
+    pub(crate) events: broadcast::Sender<Event>,
+    pub stats: stats::NodeStats,
 }
 
 pub struct VmFiles {
@@ -100,18 +166,25 @@ impl Manager {
     pub fn new(cfg: Arc<Resolved>, catalog: Arc<dyn Catalog>, pubkey: String, key: PrivateKey) -> Arc<Manager> {
         let (events, _) = broadcast::channel(1024);
         Arc::new(Manager {
+            ports: PortPool::new(cfg.port_range.clone()),
             cfg,
             catalog,
-            ports: PortPool::default(),
             accel: OnceCell::new(),
             isolation: std::sync::OnceLock::new(),
             sandbox: std::sync::OnceLock::new(),
             pubkey,
             key: Arc::new(key),
             slots: Mutex::new(HashMap::new()),
+            admission: Default::default(),
+            pending: Default::default(),
             events,
-            stats: crate::metrics::NodeStats::default(),
+            stats: stats::NodeStats::default(),
         })
+    }
+
+    /// Which catalog holds the records ("embedded" or "redis").
+    pub fn catalog_kind(&self) -> &'static str {
+        self.catalog.kind()
     }
 
     /// Paths of a VM's files, derived from its id only (never from stored data).
@@ -129,7 +202,23 @@ impl Manager {
     }
 
     pub(crate) fn slot(&self, id: &str) -> Arc<Slot> {
-        self.slots.lock().unwrap_or_else(|p| p.into_inner()).entry(id.to_string()).or_default().clone()
+        lock(&self.slots)
+            .entry(id.to_string())
+            .or_insert_with(|| {
+                Arc::new(Slot {
+                    op: Default::default(),
+                    op_name: Mutex::new(""),
+                    cancel: Default::default(),
+                    live: Default::default(),
+                    console: Arc::new(ConsoleLog::new(self.files(id).console, self.cfg.console_log_max_bytes)),
+                    cpu: Default::default(),
+                })
+            })
+            .clone()
+    }
+
+    fn existing_slot(&self, id: &str) -> Option<Arc<Slot>> {
+        lock(&self.slots).get(id).cloned()
     }
 
     pub async fn get(&self, id: &str) -> Result<VmRecord> {
@@ -139,37 +228,41 @@ impl Manager {
         self.catalog.get(id).await?.ok_or(ManagerError::NotFound)
     }
 
-    /// The SSH pool of a running VM.
-    pub async fn pool(&self, id: &str) -> Result<Arc<Pool>> {
+    /// Every VM in the catalog.
+    pub async fn list(&self) -> Result<Vec<VmRecord>> {
+        Ok(self.catalog.list().await?)
+    }
+
+    /// The VMs of these ids, in the given order; unknown or malformed ids are skipped.
+    pub async fn get_many(&self, ids: &[String]) -> Result<Vec<VmRecord>> {
+        let ids: Vec<String> = ids.iter().filter(|s| crate::model::valid_vm_id(s)).cloned().collect();
+        Ok(self.catalog.get_many(&ids).await?)
+    }
+
+    /// The guest of a running VM.
+    pub(crate) async fn guest(&self, id: &str) -> Result<Arc<GuestVm>> {
         let rec = self.get(id).await?;
         if rec.state != VmState::Running {
             return Err(ManagerError::NotRunning);
         }
         let slot = self.slot(id);
-        if let Some(p) = slot.pool.lock().unwrap_or_else(|p| p.into_inner()).clone() {
-            return Ok(p);
+        if let Some(g) = slot.live().and_then(|l| l.guest()) {
+            return Ok(g);
         }
         // Just after a restart the VM may still be being re-adopted: wait for that once.
-        if *slot.op_name.lock().unwrap_or_else(|p| p.into_inner()) == "adopt" {
+        if *lock(&slot.op_name) == "adopt" {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(30), slot.op.clone().lock_owned()).await;
         }
-        let pool = slot.pool.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        pool.ok_or(ManagerError::NotRunning)
+        slot.live().and_then(|l| l.guest()).ok_or(ManagerError::NotRunning)
     }
 
-    pub fn running_pid(&self, id: &str) -> Option<i32> {
-        let slot = self.slots.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()?;
-        let r = slot.running.lock().unwrap_or_else(|p| p.into_inner());
-        r.as_ref().map(|r| r.pid)
+    /// Lifecycle events of every VM from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
     }
 
-    pub fn running_pids(&self) -> Vec<(String, i32)> {
-        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots.iter().filter_map(|(id, s)| s.running.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|r| (id.clone(), r.pid))).collect()
-    }
-
-    pub async fn pools(&self) -> Vec<(String, Arc<Pool>)> {
-        let slots: Vec<(String, Arc<Slot>)> = self.slots.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        slots.into_iter().filter_map(|(id, s)| s.pool.lock().unwrap_or_else(|p| p.into_inner()).clone().map(|p| (id, p))).collect()
+    pub(crate) fn running(&self) -> Vec<(String, Arc<Live>)> {
+        let slots: Vec<(String, Arc<Slot>)> = lock(&self.slots).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        slots.into_iter().filter_map(|(id, s)| s.live().map(|l| (id, l))).collect()
     }
 }

@@ -1,79 +1,59 @@
-//! QEMU exit observation: a child we spawned is awaited; an adopted one is polled. An
-//! exit nobody asked for is written to the catalog at once.
-use super::{Manager, Running};
+//! QEMU exit observation: each QEMU is held by a pidfd and watched by one task, which
+//! also keeps its console log within bounds while it runs. An exit nobody asked for is
+//! written to the catalog at once.
+use super::{lock, Live, Manager};
 use crate::model::VmState;
-use crate::qemu::process;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::process::Child;
-use tokio::sync::watch;
 
 impl Manager {
-    pub(crate) fn watch_child(self: &Arc<Self>, id: &str, mut child: Child, port: u16) -> Running {
-        let pid = child.id().map(|p| p as i32).unwrap_or(0);
-        let (tx, rx) = watch::channel(false);
-        let stopping = Arc::new(AtomicBool::new(false));
+    /// Watches `live` until its QEMU exits (`exit` resolves), then records the exit.
+    pub(crate) fn watch_qemu(
+        self: &Arc<Self>,
+        id: &str,
+        live: Arc<Live>,
+        exit: impl std::future::Future<Output = crate::qemu::process::ExitDesc> + Send + 'static,
+        tx: tokio::sync::watch::Sender<bool>,
+    ) {
         let me = self.clone();
-        let (vid, stop_flag) = (id.to_string(), stopping.clone());
-        let span = tracing::info_span!("vm.watch", vm_id = %id, pid);
+        let id = id.to_string();
+        let console = self.slot(&id).console.clone();
+        let span = tracing::info_span!("vm.watch", vm_id = %id, pid = live.pid());
         tokio::spawn(tracing::Instrument::instrument(
             async move {
-                let status = child.wait().await;
-                let _ = tx.send(true);
-                let desc = match status {
-                    Ok(s) => match (s.code(), std::os::unix::process::ExitStatusExt::signal(&s)) {
-                        (Some(0), _) => None,
-                        (Some(c), _) => Some(format!("exit code {c}")),
-                        (None, Some(sig)) => Some(format!("killed by signal {sig}")),
-                        _ => Some("unknown status".to_string()),
-                    },
-                    Err(e) => Some(format!("wait failed: {e}")),
+                let mut gone = tx.subscribe();
+                let watching = console.watch_while(async move {
+                    let _ = gone.wait_for(|e| *e).await;
+                });
+                let waiting = async {
+                    let desc = exit.await;
+                    let _ = tx.send(true);
+                    desc
                 };
-                me.on_exit(&vid, pid, port, &stop_flag, desc).await;
+                let (desc, ()) = tokio::join!(waiting, watching);
+                me.on_exit(&id, &live, desc).await;
+                // `live` (and so its port) is let go here, after QEMU is gone.
             },
             span,
         ));
-        Running { pid, port, exited: rx, stopping }
     }
 
-    pub(crate) fn watch_adopted(self: &Arc<Self>, id: &str, pid: i32, port: u16) -> Running {
-        let (tx, rx) = watch::channel(false);
-        let stopping = Arc::new(AtomicBool::new(false));
-        let me = self.clone();
-        let (vid, stop_flag) = (id.to_string(), stopping.clone());
-        let span = tracing::info_span!("vm.watch", vm_id = %id, pid);
-        tokio::spawn(tracing::Instrument::instrument(
-            async move {
-                while process::is_alive(pid) {
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                let _ = tx.send(true);
-                me.on_exit(&vid, pid, port, &stop_flag, Some("exited (adopted process; status unknown)".into())).await;
-            },
-            span,
-        ));
-        Running { pid, port, exited: rx, stopping }
-    }
-
-    async fn on_exit(&self, id: &str, pid: i32, port: u16, stopping: &AtomicBool, desc: Option<String>) {
-        if stopping.load(Ordering::SeqCst) {
+    async fn on_exit(&self, id: &str, live: &Arc<Live>, desc: crate::qemu::process::ExitDesc) {
+        if live.stopping.load(Ordering::SeqCst) {
             return;
         }
-        let slot = self.slot(id);
+        let Some(slot) = self.existing_slot(id) else { return };
         {
-            let mut r = slot.running.lock().unwrap_or_else(|p| p.into_inner());
-            if r.as_ref().map(|r| r.pid) != Some(pid) {
+            let mut cur = lock(&slot.live);
+            if !cur.as_ref().is_some_and(|l| Arc::ptr_eq(l, live)) {
                 return;
             }
-            *r = None;
+            *cur = None;
         }
-        let pool = slot.pool.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(p) = pool {
-            p.close().await;
+        if let Some(g) = live.guest() {
+            g.close().await;
         }
-        self.ports.release(port);
-        let tail = crate::manager::console::console_tail(&self.files(id).console, 20);
+        let tail = self.console_tail(id, 20).await;
         let (state, reason) = match desc {
             None => (VmState::Stopped, "the guest powered itself off".to_string()),
             Some(d) => (VmState::Error, format!("qemu {d}; console tail:\n{tail}")),
@@ -93,9 +73,10 @@ impl Manager {
                 }),
             )
             .await;
-        if let Err(e) = res {
-            tracing::error!(vm_id = %id, error = %e, "could not record QEMU exit");
+        match res {
+            Ok(Some(r)) if r.state == state => self.emit_state(id, state, Some(reason)),
+            Ok(_) => {}
+            Err(e) => tracing::error!(vm_id = %id, error = %e, "could not record QEMU exit"),
         }
-        self.emit_state(id, state, Some(reason));
     }
 }

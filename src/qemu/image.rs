@@ -46,7 +46,30 @@ pub struct BaseImage {
 }
 
 impl BaseImage {
-    /// Resolves `spec` (path to a qcow2, an image dir, or a name under `images_dir`).
+    /// An image by its name: a directory under `images_dir` with a manifest.json (or, for a
+    /// disk that boots its own bootloader, only a disk.qcow2). Nothing else is taken — a
+    /// request can never point QEMU at an arbitrary host file.
+    pub fn by_name(name: &str, images_dir: &Path) -> Result<BaseImage, QemuError> {
+        let known = || list_names(images_dir).join(", ");
+        let valid = !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && !name.starts_with('.');
+        if !valid {
+            return Err(QemuError::Image(format!("base_image must be the name of an image under VM_BASE_DIR/images (known: {})", known())));
+        }
+        let dir = images_dir.join(name);
+        if !dir.is_dir() {
+            return Err(QemuError::Image(format!("no image named {name:?} (known: {})", known())));
+        }
+        if !dir.join("manifest.json").is_file() {
+            let disk = dir.join("disk.qcow2");
+            if disk.is_file() {
+                return Ok(BaseImage { disk, boot: Boot::Disk, machine: None, cpu: None, ready_marker: None, ssh_user: None });
+            }
+        }
+        Self::resolve(&dir.to_string_lossy(), images_dir)
+    }
+
+    /// Resolves `spec` (path to a qcow2, an image dir, or a name under `images_dir`): the
+    /// operator's VM_BASE_IMAGE.
     pub fn resolve(spec: &str, images_dir: &Path) -> Result<BaseImage, QemuError> {
         let spec = spec.trim();
         if spec.is_empty() {
@@ -95,5 +118,39 @@ impl BaseImage {
                 None => Err(QemuError::Image(format!("{} has no manifest.json", dir.display()))),
             },
         }
+    }
+}
+
+/// Names of the usable images under `images_dir` (directories with a manifest or a disk).
+pub fn list_names(images_dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(images_dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.path().join("manifest.json").is_file() || e.path().join("disk.qcow2").is_file())
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_are_taken_by_name_only() {
+        let d = std::env::temp_dir().join(format!("vmsvc-images-{}", std::process::id()));
+        std::fs::create_dir_all(d.join("plain")).unwrap();
+        std::fs::write(d.join("plain/disk.qcow2"), b"QFI\xfb").unwrap();
+        let img = BaseImage::by_name("plain", &d).unwrap();
+        assert_eq!(img.boot, Boot::Disk);
+        for bad in ["/etc/passwd", "../plain", "plain/disk.qcow2", "", ".hidden"] {
+            let e = BaseImage::by_name(bad, &d).unwrap_err().to_string();
+            assert!(e.contains("known: plain"), "{bad}: {e}");
+        }
+        assert!(BaseImage::by_name("missing", &d).unwrap_err().to_string().contains("no image named"));
+        std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -1,0 +1,347 @@
+//! The only place guest shell text is made. A [`Script`] is a static template whose `@@`
+//! holes are filled with [`Word`]s — each one quoted, so data is always one literal word —
+//! or, for execute-sh alone, the user's command taken as written ([`Script::user`]).
+//! A path operand that begins with `-` is `./`-prefixed, so no command reads it as an option.
+//! Everything that runs a command in the guest takes a `Script`, and only this module can
+//! make one, so no other code can hand the guest a string built with `format!`.
+
+/// Writes the shell's pid into the file named by the hole (`$__vmsvc_pid` keeps the name).
+macro_rules! pidfile_preamble {
+    () => {
+        "__vmsvc_pid=@@; echo $$ > \"$__vmsvc_pid\""
+    };
+}
+/// A shell function `kd PID`: stops the process, then its children depth-first (from
+/// /proc/PID/task/*/children), then kills it, so nothing escapes by forking or by being
+/// re-parented.
+macro_rules! kill_tree_fn {
+    () => {
+        "kd() { kill -STOP \"$1\" 2>/dev/null; for c in $(cat /proc/\"$1\"/task/*/children 2>/dev/null); do kd \"$c\"; done; kill -KILL \"$1\" 2>/dev/null; }"
+    };
+}
+
+/// One shell word, quoted: whatever it holds, the shell sees exactly one literal word.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Word(String);
+
+/// Quotes one word for a POSIX shell.
+fn quote(s: &str) -> String {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+=:,@%".contains(&b)) {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+impl Word {
+    /// A value: an option's value, or an operand after `--`.
+    pub fn arg(s: &str) -> Word {
+        Word(quote(s))
+    }
+
+    /// A path operand: `./`-prefixed when it begins with `-` (for commands such as `find`
+    /// that take no `--`), then quoted.
+    pub fn path(p: &str) -> Word {
+        if p.starts_with('-') {
+            Word(quote(&format!("./{p}")))
+        } else {
+            Word(quote(p))
+        }
+    }
+
+    /// `flag` and its value as one word, e.g. `--exclude-dir=<value>`.
+    pub fn opt(flag: &'static str, value: &str) -> Word {
+        Word(quote(&format!("{flag}{value}")))
+    }
+
+    pub fn num(n: u64) -> Word {
+        Word(n.to_string())
+    }
+
+    /// An environment variable name, checked (a name cannot be quoted for `export`).
+    pub fn var(name: &str) -> Result<Word, String> {
+        let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if valid {
+            Ok(Word(name.to_string()))
+        } else {
+            Err(format!("{name:?} is not a valid variable name (letters, digits, _; not starting with a digit)"))
+        }
+    }
+}
+
+/// Shell text for the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Script(String);
+
+const HOLE: &str = "@@";
+
+impl Script {
+    /// `template` with each `@@` replaced by the next word. The template is static text
+    /// written in this crate; a count mismatch is a bug caught by the unit tests.
+    pub fn new(template: &'static str, words: &[Word]) -> Script {
+        let mut out = String::with_capacity(template.len() + words.iter().map(|w| w.0.len()).sum::<usize>());
+        let mut words = words.iter();
+        let mut parts = template.split(HOLE);
+        if let Some(first) = parts.next() {
+            out.push_str(first);
+        }
+        for part in parts {
+            debug_assert!(words.len() > 0, "template {template:?} has more holes than words");
+            out.push_str(words.next().map(|w| w.0.as_str()).unwrap_or("''"));
+            out.push_str(part);
+        }
+        debug_assert!(words.len() == 0, "template {template:?} has fewer holes than words");
+        Script(out)
+    }
+
+    /// The user's own command (execute-sh), as the user wrote it: the one raw form.
+    pub fn user(command: &str) -> Script {
+        Script(command.to_string())
+    }
+
+    /// `self`, then `next` on the following line.
+    pub fn then(mut self, next: Script) -> Script {
+        if !self.0.is_empty() {
+            self.0.push('\n');
+        }
+        self.0.push_str(&next.0);
+        self
+    }
+
+    /// Runs `self` in a subshell of a shell that records its pid in `pidfile` (the session
+    /// and process-group leader, so a kill of that pid's tree ends everything the script
+    /// started) and removes the file when it exits. The subshell keeps an `exec` in the
+    /// script from skipping the clean-up.
+    pub fn with_pidfile(self, pidfile: &Pidfile) -> Script {
+        let mut s = Script::new(concat!(pidfile_preamble!(), "; trap 'rm -f -- \"$__vmsvc_pid\"' EXIT\n("), &[Word::arg(&pidfile.0)]);
+        s.0.push('\n');
+        s.0.push_str(&self.0);
+        s.0.push_str("\n)");
+        s
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn contains_nul(&self) -> bool {
+        self.0.contains('\0')
+    }
+}
+
+/// A file in the guest's /tmp that holds a shell's pid while it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pidfile(String);
+
+impl Pidfile {
+    pub fn new(kind: &'static str) -> Pidfile {
+        Pidfile(format!("/tmp/.vmsvc-{kind}-{}.pid", uuid::Uuid::new_v4().simple()))
+    }
+
+    pub fn path(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Kills `pid` and everything below it.
+pub fn kill_tree(pid: u32) -> Script {
+    Script::new(concat!(kill_tree_fn!(), "; kd @@"), &[Word::num(pid.into())])
+}
+
+/// Kills the tree of the pid recorded in `pidfile` (and its process group), then removes the file.
+pub fn kill_recorded(pidfile: &Pidfile) -> Script {
+    Script::new(
+        concat!(
+            kill_tree_fn!(),
+            "; m=@@; p=$(cat -- \"$m\" 2>/dev/null) && [ -n \"$p\" ] && { kd \"$p\"; kill -KILL -- -\"$p\" 2>/dev/null; }; rm -f -- \"$m\""
+        ),
+        &[Word::arg(pidfile.path())],
+    )
+}
+
+/// Removes a pidfile whose shell has exited on its own.
+pub fn forget(pidfile: &Pidfile) -> Script {
+    Script::new("rm -f -- @@", &[Word::arg(pidfile.path())])
+}
+
+/// A login shell (the user's own) on a PTY, its pid recorded first; `exec` keeps that pid.
+pub fn login_shell(pidfile: &Pidfile) -> Script {
+    Script::new(concat!(pidfile_preamble!(), "; exec \"${SHELL:-/bin/sh}\" -l"), &[Word::arg(pidfile.path())])
+}
+
+/// The guest's VM id (the identity check when the SSH server sends no banner).
+pub fn read_vm_id() -> Script {
+    Script::new("cat /etc/vm-id 2>/dev/null || hostname", &[])
+}
+
+/// `cd` into `dir` for the rest of the script; a missing directory ends it as `cd` would.
+pub fn cd(dir: &str) -> Script {
+    Script::new("cd -- @@ || exit 1", &[Word::arg(dir)])
+}
+
+/// `export NAME=value` for the rest of the script.
+pub fn export(name: &str, value: &str) -> Result<Script, String> {
+    Ok(Script::new("export @@=@@", &[Word::var(name)?, Word::arg(value)]))
+}
+
+/// One `find` listing of `path` to `depth`, `path||type` per line, at most `max` lines.
+pub fn list_dir(path: &str, depth: u32, max: usize) -> Script {
+    Script::new("find @@ -maxdepth @@ -printf '%p||%y\\n' 2>/dev/null | head -n @@", &[Word::path(path), Word::num(depth.into()), Word::num(max as u64)])
+}
+
+/// `true`: the exit status of a script that must end well after a pipeline.
+pub fn ok() -> Script {
+    Script::new("true", &[])
+}
+
+/// Creates `dir` and empties it (hidden files too), keeping it.
+pub fn empty_dir(dir: &str) -> Script {
+    Script::new("mkdir -p -- @@ && find @@ -mindepth 1 -maxdepth 1 -exec rm -rf -- {} +", &[Word::arg(dir), Word::path(dir)])
+}
+
+/// Exits 3 when `root` is missing, 6 when it is not a directory, 4 without `zip`, 5 when
+/// it is empty (zip refuses an empty tree), 0 otherwise.
+pub fn archive_probe(root: &str) -> Script {
+    Script::new(
+        "r=@@; [ -e \"$r\" ] || exit 3; [ -d \"$r\" ] || exit 6; command -v zip >/dev/null 2>&1 || exit 4; [ -n \"$(ls -A -- \"$r\")\" ] || exit 5; exit 0",
+        &[Word::arg(root)],
+    )
+}
+
+pub fn zip_of(root: &str) -> Script {
+    Script::new("cd -- @@ && exec zip -q -r -y - .", &[Word::arg(root)])
+}
+
+pub fn tar_gz_of(root: &str) -> Script {
+    Script::new("exec tar -C @@ -czf - .", &[Word::path(root)])
+}
+
+/// A long-lived command runner (see runner.rs): reads `tok len cap\n` + `len` bytes of
+/// script per command from stdin, runs each in a fresh subshell with its output in files
+/// of its own, and answers with marker-framed output. Exits 97 without bash.
+pub fn runner() -> Script {
+    Script::new(
+        r#"command -v bash >/dev/null 2>&1 || exit 97
+exec bash -c '
+d=$(mktemp -d /tmp/.vmsvc-run.XXXXXX) || exit 98
+trap "rm -rf \"\$d\"" EXIT
+printf "\036R\036"
+while IFS=" " read -r tok len cap; do
+  IFS= LC_ALL=C read -r -N "$len" cmd || [ "$len" = 0 ] || break
+  o="$d/$tok.o"; e="$d/$tok.e"
+  ( cd ~ 2>/dev/null; eval "$cmd" ) </dev/null >"$o" 2>"$e" &
+  pid=$!
+  printf "\036P%s %s\036" "$tok" "$pid"
+  wait "$pid"; rc=$?
+  head -c "$cap" "$o"; printf "\036E%s %s\036" "$tok" "$rc"
+  head -c "$cap" "$e" >&2; printf "\036E%s\036" "$tok" >&2
+  rm -f "$o" "$e"
+done'
+"#,
+        &[],
+    )
+}
+
+/// grep options of a search; every user value is one quoted word, the pattern follows `-e`
+/// and the root follows `--`.
+pub struct Grep<'a> {
+    pub pattern: &'a str,
+    pub root: &'a str,
+    pub case_insensitive: bool,
+    pub include_globs: &'a [String],
+    pub exclude_dirs: &'a [String],
+}
+
+pub fn grep(g: &Grep) -> Script {
+    let mut s = Script::new("grep -RInI", &[]);
+    if g.case_insensitive {
+        s.0.push_str(" -i");
+    }
+    for d in g.exclude_dirs.iter().filter(|d| !d.trim().is_empty()) {
+        s.0.push(' ');
+        s.0.push_str(&Word::opt("--exclude-dir=", d).0);
+    }
+    for glob in g.include_globs.iter().map(|g| g.trim()).filter(|g| !g.is_empty() && *g != "*") {
+        s.0.push(' ');
+        s.0.push_str(&Word::opt("--include=", glob).0);
+    }
+    s.0.push_str(&Script::new(" -e @@ -- @@", &[Word::arg(g.pattern), Word::arg(g.root)]).0);
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_are_single_literal_words() {
+        assert_eq!(Word::arg("abc").0, "abc");
+        assert_eq!(Word::arg("").0, "''");
+        assert_eq!(Word::arg("a b'c;d").0, r"'a b'\''c;d'");
+        assert_eq!(Word::path("-delete").0, "./-delete");
+        assert_eq!(Word::path("/a b").0, "'/a b'");
+        assert_eq!(Word::opt("--include=", "*.py").0, "'--include=*.py'");
+        assert!(Word::var("A_1").is_ok());
+        for bad in ["1A", "A-B", "", "A;rm", "A B"] {
+            assert!(Word::var(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn holes_take_words_in_order() {
+        assert_eq!(Script::new("a @@ b @@", &[Word::arg("x y"), Word::num(3)]).as_str(), "a 'x y' b 3");
+        assert_eq!(list_dir("-delete", 2, 10).as_str(), "find ./-delete -maxdepth 2 -printf '%p||%y\\n' 2>/dev/null | head -n 10");
+        assert_eq!(empty_dir("/a b").as_str(), "mkdir -p -- '/a b' && find '/a b' -mindepth 1 -maxdepth 1 -exec rm -rf -- {} +");
+    }
+
+    #[test]
+    fn every_template_has_as_many_holes_as_words() {
+        // Each builder once: a hole/word mismatch trips the debug assertion.
+        let p = Pidfile::new("t");
+        for s in [
+            kill_tree(12),
+            kill_recorded(&p),
+            forget(&p),
+            login_shell(&p),
+            read_vm_id(),
+            cd("/x"),
+            export("A", "b").unwrap(),
+            list_dir("/", 1, 5),
+            ok(),
+            empty_dir("/x"),
+            archive_probe("/x"),
+            zip_of("/x"),
+            tar_gz_of("/x"),
+            Script::user("echo hi").with_pidfile(&p),
+            runner(),
+        ] {
+            assert!(!s.as_str().contains(HOLE), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn the_pidfile_wrapper_keeps_the_command_on_its_own_lines_in_a_subshell() {
+        let p = Pidfile("/tmp/m x".into());
+        let w = Script::user("echo 'x'\nexit 3").with_pidfile(&p);
+        assert_eq!(w.as_str(), "__vmsvc_pid='/tmp/m x'; echo $$ > \"$__vmsvc_pid\"; trap 'rm -f -- \"$__vmsvc_pid\"' EXIT\n(\necho 'x'\nexit 3\n)");
+    }
+
+    #[test]
+    fn grep_quotes_every_user_value() {
+        let s = grep(&Grep {
+            pattern: "it's; rm -rf /",
+            root: "/app dir",
+            case_insensitive: true,
+            include_globs: &["".into(), "*".into(), "*.py".into()],
+            exclude_dirs: &[".git".into(), "node modules".into()],
+        });
+        assert_eq!(s.as_str(), r"grep -RInI -i --exclude-dir=.git '--exclude-dir=node modules' '--include=*.py' -e 'it'\''s; rm -rf /' -- '/app dir'");
+    }
+}
