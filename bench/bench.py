@@ -106,18 +106,23 @@ class BootTimes(threading.Thread):
             self.ready.set()
 
 
+class Failed(Exception):
+    """A step that did not work on one side: recorded as "failed: reason", the run goes on."""
+
+
 def create(api):
-    """POST /vms?wait=true (vm-service answers once the VM is running; a server without
-    `wait` answers at once and is polled every 50 ms)."""
+    """POST /vms/?wait=true — the original's path (it answers `/vms` with a 307). vm-service
+    answers once the VM is running; a server without `wait` answers at once and is polled
+    every 50 ms."""
     t = time.perf_counter()
-    st, v = api.call("POST", "/vms?wait=true", {"vcpus": 1, "mem_mib": 256, "disk_gib": 5})
+    st, v = api.call("POST", "/vms/?wait=true", {"vcpus": 1, "mem_mib": 256, "disk_gib": 5})
     if st != 201:
-        raise SystemExit(f"{api.name}: create failed {st} {v}")
+        raise Failed(f"create answered {st} {str(v)[:200]}")
     if v.get("state") == "provisioning":
         v = wait_settled(api, v["id"])
     total = time.perf_counter() - t
     if v["state"] != "running":
-        raise SystemExit(f"{api.name}: VM ended {v['state']}: {v.get('error_reason')}")
+        raise Failed(f"VM ended {v['state']}: {str(v.get('error_reason'))[:200]}")
     # The guest's own boot (kernel start to end of init), printed by the tiny guest.
     guest = None
     st, tail = api.call("GET", f"/vms/{v['id']}/console/tail?lines=400")
@@ -132,7 +137,7 @@ def exec_true(api, vid):
     st, v = api.call("POST", f"/vms/{vid}/execute-sh", {"command": "true"})
     dt = (time.perf_counter() - t) * 1000
     if st != 200 or not v.get("ok"):
-        raise SystemExit(f"{api.name}: execute-sh failed {st} {v}")
+        raise Failed(f"execute-sh answered {st} {str(v)[:200]}")
     return dt
 
 
@@ -393,7 +398,17 @@ def main():
     # Only sides whose Redis prefix is given are seeded (--redis-prefix: A, --redis-prefix-b: B).
     prefixes = {"A": a.redis_prefix or None, "B": a.redis_prefix_b}
     res = {s.name: {} for s in sides}
+    failed = {s.name: {} for s in sides}
     notes = []
+
+    def attempt(s, key, fn):
+        """Runs one step for side `s`; a failure is recorded under `key` and the run goes on."""
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - any failure of one side's step is data
+            failed[s.name].setdefault(key, f"failed: {e}"[:160])
+            log(f"{s.name} {key}: failed: {e}")
+            return None
 
     def order(i):
         return sides if i % 2 == 0 else sides[::-1]
@@ -422,7 +437,10 @@ def main():
         b.ready.wait(5)
     for i in range(a.creates):
         for s in order(i):
-            vid, total, guest = create(s)
+            made = attempt(s, "create_s", lambda s=s: create(s))
+            if made is None:
+                continue
+            vid, total, guest = made
             vms[s.name].append(vid)
             res[s.name].setdefault("create_s", []).append(total)
             if guest is not None:
@@ -442,25 +460,39 @@ def main():
             log(f"{s.name} create {i + 1}: {total:.2f} s (guest boot {guest}, boot timings {t})")
 
     # 2. execute-sh `true`: sequential, then 16 concurrent callers; guest floor
+    def first_vm(s):
+        if not vms[s.name]:
+            raise Failed("no VM could be created")
+        return vms[s.name][0]
+
     for blk in range(0, a.execs, 20):
         for s in order(blk // 20):
-            vid = vms[s.name][0]
             for _ in range(min(20, a.execs - blk)):
-                res[s.name].setdefault("exec_true_ms", []).append(exec_true(s, vid))
+                ms = attempt(s, "exec_true_ms", lambda s=s: exec_true(s, first_vm(s)))
+                if ms is None:
+                    break
+                res[s.name].setdefault("exec_true_ms", []).append(ms)
     for s in sides:
+        if not vms[s.name] or "exec_true_ms" in failed[s.name]:
+            continue
         vid = vms[s.name][0]
         lat, rate, errs = concurrent(16, max(1, a.execs // 16), lambda s=s, vid=vid: exec_true(s, vid))
         res[s.name]["exec_c16_ms"] = lat
         res[s.name]["exec_c16_per_s"] = [rate]
         if errs:
             notes.append(f"{s.name}: {len(errs)} execute-sh errors at concurrency 16, e.g. {errs[0][:120]}")
-        res[s.name]["guest_fork_exec_ms"] = [guest_floor_ms(s, vid)]
+        floor = attempt(s, "guest_fork_exec_ms", lambda s=s, vid=vid: guest_floor_ms(s, vid))
+        if floor is not None:
+            res[s.name]["guest_fork_exec_ms"] = [floor]
         log(f"{s.name} exec p50 {statistics.median(res[s.name]['exec_true_ms']):.1f} ms, c16 {rate:.1f}/s")
 
     # 3. RSS with N running VMs; QEMU RSS per idle VM
     for s in sides:
         while len(vms[s.name]) < a.rss_vms:
-            vms[s.name].append(create(s)[0])
+            made = attempt(s, f"rss_{a.rss_vms}vms_mib", lambda s=s: create(s))
+            if made is None:
+                break
+            vms[s.name].append(made[0])
         time.sleep(3)
         if pids[s.name]:
             res[s.name][f"rss_{a.rss_vms}vms_mib"] = [rss_mib(pids[s.name])]
@@ -475,18 +507,23 @@ def main():
     blob = os.urandom(a.file_mib << 20)
     digest = hashlib.sha256(blob).hexdigest()
     for s in sides:
+        if not vms[s.name]:
+            failed[s.name]["upload_stream_MBps"] = "failed: no VM"
+            continue
         vid = vms[s.name][0]
         t = time.perf_counter()
         st, v = s.call("PUT", f"/vms/{vid}/upload-file?path=/root/bench.bin", raw=blob, headers={"Content-Type": "application/octet-stream"})
         if st == 201:
             res[s.name]["upload_stream_MBps"] = [a.file_mib / (time.perf_counter() - t)]
+        else:
+            failed[s.name]["upload_stream_MBps"] = f"failed: PUT upload-file answered {st}"
         body = {"dest_path": "/root", "files": [{"path": "bench.bin", "text": "", "content_b64": base64.b64encode(blob).decode(), "mode": 420}]}
         t = time.perf_counter()
         st, v = s.call("POST", f"/vms/{vid}/upload-files", body)
         if st == 200 and v.get("ok") in (True, "True"):
             res[s.name]["upload_b64_MBps"] = [a.file_mib / (time.perf_counter() - t)]
         else:
-            notes.append(f"{s.name}: upload-files of {a.file_mib} MiB failed: {st} {str(v)[:120]}")
+            failed[s.name]["upload_b64_MBps"] = f"failed: {st} {str(v)[:120]}"
         del body
         _, v = s.call("POST", f"/vms/{vid}/execute-sh", {"command": "sha256sum /root/bench.bin", "timeout": 120})
         if digest not in json.dumps(v):
@@ -495,16 +532,18 @@ def main():
         st, n = s.stream_get(f"/vms/{vid}/download-file?path=/root/bench.bin")
         if st == 200 and n == len(blob):
             res[s.name]["download_MBps"] = [a.file_mib / (time.perf_counter() - t)]
+        else:
+            failed[s.name]["download_MBps"] = f"failed: download-file answered {st}, {n} bytes"
         s.call("POST", f"/vms/{vid}/execute-sh", {"command": "rm -f /root/bench.bin"})
     del blob
 
     # 5. TTY keystroke echo
     for s in sides:
-        lat, err = tty_echo(s, vms[s.name][0], 100)
+        lat, err = tty_echo(s, vms[s.name][0], 100) if vms[s.name] else (None, "no VM")
         if lat:
             res[s.name]["tty_echo_ms"] = lat
         else:
-            notes.append(f"{s.name}: {err}")
+            failed[s.name]["tty_echo_ms"] = f"failed: {err}"
 
     for s in sides:
         if pids[s.name]:
@@ -514,7 +553,10 @@ def main():
     seeded = {}
     for s in sides:
         while len(vms[s.name]) < a.running:
-            vms[s.name].append(create(s)[0])
+            made = attempt(s, "list_records", lambda s=s: create(s))
+            if made is None:
+                break
+            vms[s.name].append(made[0])
         if a.redis_url and prefixes.get(s.name):
             seeded[s.name] = seed(a.redis_url, prefixes[s.name], a.node, a.records - len(vms[s.name]))
         st, lst = s.call("GET", "/vms/")
@@ -533,7 +575,7 @@ def main():
         for vid in vms[s.name]:
             s.call("DELETE", f"/vms/{vid}")
 
-    report(res, sides, notes, a)
+    report(res, failed, sides, notes, a)
 
 
 ROWS = [
@@ -554,14 +596,14 @@ ROWS = [
 ]
 
 
-def report(res, sides, notes, a):
+def report(res, failed, sides, notes, a):
     rows = ROWS + [(f"rss_{a.rss_vms}vms_mib", f"service RSS with {a.rss_vms} VMs (MiB)", 1)]
     names = [s.name for s in sides]
     hdr = "| figure | " + " | ".join(f"{n} median | {n} p95" for n in names) + (" | A/B |" if len(names) == 2 else " |")
     out = [hdr, "|" + "---|" * (1 + 2 * len(names) + (len(names) == 2))]
     summary = {}
     for key, label, _ in rows:
-        if not any(res[n].get(key) for n in names):
+        if not any(res[n].get(key) or key in failed[n] for n in names):
             continue
         cells, meds = [], []
         for n in names:
@@ -571,7 +613,10 @@ def report(res, sides, notes, a):
             meds.append(med)
             summary.setdefault(n, {})[key] = {"median": med, "p95": p95, "p99": pct(xs, 99) if len(xs) > 1 else None, "n": len(xs)}
             fmt = lambda v: "–" if v is None else (f"{v:.2f}" if v < 10 else f"{v:.1f}")  # noqa: E731
-            cells += [fmt(med), fmt(p95)]
+            if med is None and key in failed[n]:
+                cells += [failed[n][key], ""]
+            else:
+                cells += [fmt(med), fmt(p95)]
         ratio = ""
         if len(names) == 2:
             ratio = f" {meds[0] / meds[1]:.2f} |" if meds[0] and meds[1] else " – |"
@@ -586,7 +631,7 @@ def report(res, sides, notes, a):
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": socket.gethostname(),
-                       "summary": summary, "raw": res, "notes": notes}, f, indent=1)
+                       "summary": summary, "raw": res, "failed": failed, "notes": notes}, f, indent=1)
 
 
 if __name__ == "__main__":

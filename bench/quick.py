@@ -26,7 +26,7 @@ def main():
     creates, ids = [], []
     for _ in range(a.creates):
         t = time.perf_counter()
-        st, v = call("POST", "/vms", {"vcpus": 1, "mem_mib": 256, "disk_gib": 5})
+        st, v = call("POST", "/vms/", {"vcpus": 1, "mem_mib": 256, "disk_gib": 5})
         assert st == 201, v
         vid = v["id"]
         while True:

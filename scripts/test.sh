@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets up the host (packages, guest image) and runs every test: unit tests, API tests
+# Sets up the host (packages, guest image), checks formatting (rustfmt) and lints (clippy,
+# warnings are errors), and runs every test: unit tests, API tests
 # against real servers (embedded catalog and a real Redis), and end-to-end tests that
 # boot real QEMU guests under TCG. VM tests run with limited parallelism.
 set -euo pipefail
@@ -11,4 +12,7 @@ fi
 export VM_TEST_IMAGE_DIR="${VM_TEST_IMAGE_DIR:-$VM_BASE_DIR/images/tiny}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/vm-service-target}"
 cd "$here"
-cargo test --locked -- --test-threads=2
+# Style and lints first: cheap, and a failure here is a failure of the run.
+cargo fmt --check
+cargo clippy --locked --all-targets -- -D warnings
+cargo test --locked --no-fail-fast -- --test-threads=2

@@ -84,24 +84,45 @@ fn check_reachable(dir: &std::path::Path, uid: u32, gid: u32) -> anyhow::Result<
 
 /// As root with isolation on and no VM_RUN_AS_UID, QEMU's user `vmnet` is created when
 /// missing (a system user without home or login shell).
-fn ensure_qemu_user(settings: &Settings) {
+async fn ensure_qemu_user(settings: &Settings) {
     if settings.vm_run_as_uid.is_some() || settings.vm_isolation == "off" || !nix::unistd::geteuid().is_root() {
         return;
     }
     if nix::unistd::User::from_name("vmnet").ok().flatten().is_some() {
         return;
     }
-    let made = std::process::Command::new("useradd")
+    let made = tokio::process::Command::new("useradd")
         .args(["--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", "vmnet"])
-        .status();
+        .status()
+        .await;
     match made {
         Ok(s) if s.success() => tracing::info!("created system user vmnet for QEMU"),
         other => tracing::warn!(result = ?other, "could not create user vmnet; QEMU runs as root and guests are not isolated"),
     }
 }
 
+/// VM state is for root and QEMU's user only: the data and VM directories can be passed
+/// through (QEMU reaches its own VM's directory and the images) but not listed; keys and
+/// the embedded catalog are private.
+fn restrict_modes(cfg: &crate::config::Resolved) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let set = |p: &std::path::Path, mode: u32| -> anyhow::Result<()> {
+        if p.exists() {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).with_context(|| format!("chmod {mode:o} {}", p.display()))?;
+        }
+        Ok(())
+    };
+    set(&cfg.base_dir, 0o711)?;
+    set(&cfg.vms_dir(), 0o711)?;
+    set(&cfg.base_dir.join("catalog.redb"), 0o600)?;
+    if let Some(keys) = cfg.ssh_privkey.parent().filter(|k| k.starts_with(&cfg.base_dir)) {
+        set(keys, 0o700)?;
+    }
+    Ok(())
+}
+
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    ensure_qemu_user(&settings);
+    ensure_qemu_user(&settings).await;
     let cfg = Arc::new(settings.resolve()?);
     require_tool(&cfg.qemu_bin, if cfg.qemu_bin.contains("aarch64") { "qemu-system-arm" } else { "qemu-system-x86" })?;
     require_tool(&cfg.qemu_img, "qemu-utils")?;
@@ -112,6 +133,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let pubkey = crate::config::ensure_ssh_key(&cfg.ssh_privkey)?;
     let key = russh::keys::load_secret_key(&cfg.ssh_privkey, None).with_context(|| format!("reading {}", cfg.ssh_privkey.display()))?;
     let catalog = open_catalog(&cfg).await?;
+    restrict_modes(&cfg)?;
+    if let Some(eph) = crate::qemu::ports::ephemeral_range() {
+        if cfg.port_range.start() <= eph.end() && eph.start() <= cfg.port_range.end() {
+            tracing::warn!(range = ?cfg.port_range, ephemeral = ?eph, "VM_PORT_RANGE overlaps the kernel's ephemeral port range: another process's connection may take a VM's SSH port");
+        }
+    }
     let mgr = Manager::new(cfg.clone(), catalog, pubkey, key);
     let iso = crate::qemu::isolation::install(cfg.isolation, cfg.run_as).await;
     if iso.active {
@@ -141,7 +168,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&cfg.listen_addr).await.with_context(|| format!("binding {}", cfg.listen_addr))?;
     println!("vm-service: listening on http://{} (catalog: {}, data: {})", listener.local_addr()?, mgr.catalog_kind(), cfg.base_dir.display());
     tracing::info!(addr = %cfg.listen_addr, node = %cfg.node_name, "vm-service ready");
-    let app = api::router(AppState { mgr: mgr.clone(), token: Arc::new(cfg.auth_token.clone()) });
+    let app = api::router(AppState::new(mgr.clone(), cfg.auth_token.clone()));
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("serving HTTP")?;
     tracing::info!("vm-service stopped; running VMs keep running and are adopted at the next start");
     Ok(())

@@ -73,8 +73,12 @@ async fn redis_outage_fails_fast_and_recovers() {
 async fn service_killed_during_create() {
     let mut s = Service::start(Opts { extra: vec![("VM_ACCEL".into(), "tcg".into())], ..Default::default() }).await;
     let id = s.create_vm().await;
-    // QEMU is started within a few ms of the 201; kill the service mid-boot.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Kill the service once QEMU runs and the guest is still booting.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.qemu_pid(&id).is_none() {
+        assert!(Instant::now() < deadline, "QEMU never started:\n{}", s.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(s.get(&format!("/vms/{id}")).await.1["state"], "provisioning");
     s.kill9();
     s.spawn().await;
@@ -163,4 +167,46 @@ fn missing_qemu_tools_fail_start_up_with_the_package_name() {
         assert!(err.contains(package) && err.contains("/nonexistent/tool"), "{var}: {err}");
         let _ = std::fs::remove_dir_all(base);
     }
+}
+
+/// Redis stops answering while a guest boots: the boot cannot be recorded, so its QEMU is
+/// killed and its port given back (nothing runs that no record knows of); once Redis is
+/// back the VM reads `error`, saying why.
+#[tokio::test]
+async fn catalog_lost_mid_boot_leaves_no_qemu_behind() {
+    let redis = Redis::start();
+    let s = Service::start(Opts { redis_url: Some(redis.url()), extra: vec![("VM_ACCEL".into(), "tcg".into())], ..Default::default() }).await;
+    let ev = s.client.get(s.url("/events")).bearer_auth(TOKEN).send().await.unwrap();
+    let mut events = SseReader::new(ev);
+    let id = s.create_vm().await;
+    loop {
+        let (kind, data) = tokio::time::timeout(Duration::from_secs(120), events.next()).await.expect("no qemu_started step").expect("event stream ended");
+        if kind == "step" && data["step"] == "qemu_started" && data["vm_id"] == id.as_str() {
+            break;
+        }
+    }
+    let redis_pid = redis.child.id() as i32;
+    kill_pid(redis_pid, 19); // SIGSTOP
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !qemus_under(&s.base).is_empty() {
+        if Instant::now() > deadline {
+            kill_pid(redis_pid, 18);
+            panic!("QEMU still runs though its boot could not be recorded:\n{}", s.log());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    kill_pid(redis_pid, 18); // SIGCONT
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (st, v) = s.get(&format!("/vms/{id}")).await;
+        if st == 200 && v["state"] == "error" {
+            assert!(v["error_reason"].as_str().unwrap_or("").contains("catalog"), "{v}");
+            assert_eq!(v["ssh_port"], serde_json::Value::Null, "{v}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the failed boot was never recorded: {st} {v}\n{}", s.log());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let text = s.client.get(s.url("/metrics")).bearer_auth(TOKEN).send().await.unwrap().text().await.unwrap();
+    assert!(text.lines().any(|l| l == "vm_service_ports_reserved 0"), "the SSH port was not given back:\n{text}");
 }

@@ -10,12 +10,12 @@ use serde_json::json;
 /// Runs the three probes in parallel inside `id`; returns what each one received.
 async fn probe(s: &Service, id: &str, api_port: u16, redis_port: u16, ssh_port: u64) -> (String, String, String) {
     let cmd = format!(
-        "(printf 'GET /health HTTP/1.0\\r\\n\\r\\n' | timeout 4 nc 10.0.2.2 {api_port} > /tmp/p.api 2>&1) & \
-         (printf 'PING\\r\\n' | timeout 4 nc 10.0.2.2 {redis_port} > /tmp/p.redis 2>&1) & \
-         (timeout 4 nc 10.0.2.2 {ssh_port} < /dev/null | head -c 8 > /tmp/p.ssh 2>&1) & \
+        "(printf 'GET /health HTTP/1.0\\r\\n\\r\\n' | timeout 20 nc 10.0.2.2 {api_port} > /tmp/p.api 2>&1) & \
+         (printf 'PING\\r\\n' | timeout 20 nc 10.0.2.2 {redis_port} > /tmp/p.redis 2>&1) & \
+         (timeout 20 nc 10.0.2.2 {ssh_port} < /dev/null | head -c 8 > /tmp/p.ssh 2>&1) & \
          wait; for f in api redis ssh; do echo \"== $f\"; cat /tmp/p.$f; echo; done"
     );
-    let (_, v) = s.post(&format!("/vms/{id}/execute-sh"), json!({"command": cmd, "timeout": 30})).await;
+    let (_, v) = s.post(&format!("/vms/{id}/execute-sh"), json!({"command": cmd, "timeout": 120})).await;
     assert_eq!(v["ok"], true, "{v}");
     let out = v["stdout"].as_str().unwrap().to_string();
     let part = |name: &str| out.split(&format!("== {name}\n")).nth(1).unwrap_or("").split("\n== ").next().unwrap_or("").to_string();
@@ -50,6 +50,11 @@ async fn guests_cannot_reach_the_host_loopback() {
     assert!(!api.contains("True"), "guest reached the API: {api}");
     assert!(!red.contains("PONG"), "guest reached Redis: {red}");
     assert!(!ssh.contains("SSH-"), "guest reached another VM's SSH: {ssh}");
+    // Refused with a reset, so the guest learns at once (an unanswered connect would wait
+    // until nc's timeout and print nothing).
+    for (what, got) in [("API", &api), ("Redis", &red)] {
+        assert!(got.contains("refused"), "the guest's connect to the host's {what} was not refused: {got:?}");
+    }
     // The service still reaches both guests.
     assert_eq!(s.exec(&b, "cat /etc/vm-id").await["stdout"], format!("{b}\n"));
     drop(s);

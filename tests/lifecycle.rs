@@ -14,6 +14,14 @@ async fn lifecycle_end_to_end() {
     assert_eq!(v["stdout"], format!("{a}\n{a}\n"));
     let (_, rec) = s.get(&format!("/vms/{a}")).await;
     assert!(rec["booted_at"].as_f64().unwrap() >= rec["created_at"].as_f64().unwrap());
+    // VM state is for root and QEMU's user only.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = s.base.join("vms").join(&a);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    for f in ["disk.qcow2", "seed.img", "console.log", "qemu.log"] {
+        assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+    }
 
     // A second VM at the same time: its own port, its own identity. `?wait=true` answers
     // once the VM is running.
@@ -30,7 +38,7 @@ async fn lifecycle_end_to_end() {
     assert_eq!(both[0]["id"], b.as_str());
     assert_eq!(both[1]["id"], a.as_str());
 
-    // kill -9 of QEMU is noticed within 2 s; a command running at that moment answers
+    // kill -9 of QEMU is noticed at once; a command running at that moment answers
     // ok:false (its outcome is unknown), not a silent empty success.
     let pid_b = s.qemu_pid(&b).unwrap();
     // The same for a search still walking the guest (grep -R / runs for many seconds there).
@@ -39,7 +47,15 @@ async fn lifecycle_end_to_end() {
     let running = s.post(&exec_url, json!({"command": "sleep 30; echo never"}));
     let searching = s.post(&search_url, json!({"pattern": "zzzz-no-such-text", "root": "/", "timeout_seconds": 60}));
     let killer = async {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // Kill once both are seen running in the guest.
+        as_soon_as(&s, "sleep and grep running", async || {
+            let list = "all=$(for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done); \
+                        echo \"$all\" | grep -c '^sleep 30'; echo \"$all\" | grep -c '^grep -RInI'";
+            let v = s.exec(&b, list).await;
+            let counts: Vec<u32> = v["stdout"].as_str().unwrap_or("").lines().filter_map(|l| l.trim().parse().ok()).collect();
+            counts.len() == 2 && counts.iter().all(|n| *n >= 1)
+        })
+        .await;
         kill_pid(pid_b, 9);
     };
     let ((st, ex), (sst, sv), ()) = tokio::join!(running, searching, killer);
@@ -56,7 +72,7 @@ async fn lifecycle_end_to_end() {
             assert_eq!(r["ssh_port"], serde_json::Value::Null);
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(2), "QEMU death not observed within 2 s: {r}");
+        assert!(t.elapsed() < Duration::from_secs(15), "QEMU death not observed: {r}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (_, ex) = s.post(&format!("/vms/{b}/execute-sh"), json!({"command": "true"})).await;
@@ -114,10 +130,11 @@ async fn lifecycle_end_to_end() {
     let (st, _) = s.call(Method::DELETE, &format!("/vms/{b}"), None).await;
     assert_eq!(st, 200);
 
-    // A base image that is a file but no qcow2 image: the VM ends in error naming why.
-    let junk = s.base.join("junk.qcow2");
-    std::fs::write(&junk, "not a disk image\n").unwrap();
-    let (st, v) = s.post("/vms?wait=true", json!({"vcpus": 1, "mem_mib": 256, "disk_gib": 5, "base_image": junk})).await;
+    // An image whose disk is no qcow2 image: the VM ends in error naming why.
+    let junk = s.base.join("images/junk");
+    std::fs::create_dir_all(&junk).unwrap();
+    std::fs::write(junk.join("disk.qcow2"), "not a disk image\n").unwrap();
+    let (st, v) = s.post("/vms?wait=true", json!({"vcpus": 1, "mem_mib": 256, "disk_gib": 5, "base_image": "junk"})).await;
     assert_eq!(st, 201, "{v}");
     assert_eq!(v["state"], "error", "{v}");
     assert!(v["error_reason"].as_str().unwrap_or("").contains("not in qcow2 format"), "{v}");
@@ -162,10 +179,15 @@ async fn redis_catalog_create_get_delete() {
 #[tokio::test]
 async fn a_plain_qcow2_boots_from_its_own_bootloader() {
     let s = Service::start(Opts::default()).await;
-    let plain = s.base.join("plain");
+    // An image directory holding only a disk (no manifest): a cloud image's layout.
+    let plain = s.base.join("images/plain");
     std::fs::create_dir_all(&plain).unwrap();
     std::os::unix::fs::symlink(image_dir().join("disk.qcow2"), plain.join("disk.qcow2")).unwrap();
-    let (st, v) = s.post("/vms?wait=true", json!({"vcpus": 1, "mem_mib": 256, "disk_gib": 5, "base_image": plain.join("disk.qcow2")})).await;
+    // By path it is refused: a request names images, never host files.
+    let (st, v) = s.post("/vms", json!({"vcpus": 1, "mem_mib": 256, "disk_gib": 5, "base_image": plain.join("disk.qcow2")})).await;
+    assert_eq!(st, 422, "{v}");
+    assert_eq!(v["detail"][0]["loc"], json!(["body", "base_image"]), "{v}");
+    let (st, v) = s.post("/vms?wait=true", json!({"vcpus": 1, "mem_mib": 256, "disk_gib": 5, "base_image": "plain"})).await;
     assert_eq!(st, 201, "{v}");
     assert_eq!(v["state"], "running", "{v}\n{}", s.log());
     let id = v["id"].as_str().unwrap();
@@ -220,7 +242,8 @@ async fn qemu_dying_mid_boot_is_an_error_with_the_console_tail() {
     let console = std::fs::read_to_string(s.base.join("vms").join(id).join("console.log")).unwrap();
     let last = console.lines().rev().find(|l| !l.trim().is_empty()).unwrap();
     assert!(reason.contains(last.trim()), "the console tail belongs in the reason: {reason}\nconsole ends with {last:?}");
-    assert!(after_kill < Duration::from_secs(2), "error noticed {after_kill:?} after the kill");
+    // At once, not after the boot timeout (180 s here).
+    assert!(after_kill < Duration::from_secs(20), "error noticed {after_kill:?} after the kill");
     assert_eq!(v["ssh_port"], serde_json::Value::Null, "{v}");
     assert!(qemus_under(&s.base).is_empty());
 }
@@ -241,7 +264,8 @@ async fn deleting_a_vm_releases_a_waiting_create() {
     let ((st, v), deleted_at) = tokio::join!(create, deleter);
     let after = deleted_at.elapsed();
     assert_eq!(st, 404, "{v}");
-    assert!(after < Duration::from_secs(2), "the waiting create answered {after:?} after the delete");
+    // At once, not after the boot timeout (180 s here).
+    assert!(after < Duration::from_secs(20), "the waiting create answered {after:?} after the delete");
     assert!(qemus_under(&s.base).is_empty());
 }
 

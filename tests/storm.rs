@@ -78,9 +78,16 @@ async fn storm_of_lifecycle_calls_leaves_records_matching_reality() {
         assert!(Instant::now() < deadline, "VMs still provisioning: {recs:?}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let qemus = qemus_under(&s.base);
+    // QEMUs of stopped VMs may take a moment to be gone.
     let running: Vec<&serde_json::Value> = records.iter().filter(|r| r["state"] == "running").collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let qemus = loop {
+        let q = qemus_under(&s.base);
+        if q.len() == running.len() || Instant::now() >= deadline {
+            break q;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert_eq!(qemus.len(), running.len(), "QEMUs {qemus:?} vs running records {records:?}");
     let mut ports = HashSet::new();
     for r in &records {
@@ -104,10 +111,18 @@ async fn storm_of_lifecycle_calls_leaves_records_matching_reality() {
             assert_eq!(s.get(&format!("/vms/{id}")).await.0, 404);
         }
     }
-    // Ports and SSH connections: only for running VMs.
-    let text = s.client.get(s.url("/metrics")).bearer_auth(TOKEN).send().await.unwrap().text().await.unwrap();
-    let reserved: usize = text.lines().find_map(|l| l.strip_prefix("vm_service_ports_reserved ")).unwrap().trim().parse().unwrap();
-    assert_eq!(reserved, running.len(), "leaked port reservations:\n{text}");
+    // Ports and SSH connections: only for running VMs (a port is given back once its QEMU's
+    // exit has been observed, a moment after the process is gone).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let text = loop {
+        let text = s.client.get(s.url("/metrics")).bearer_auth(TOKEN).send().await.unwrap().text().await.unwrap();
+        let reserved: usize = text.lines().find_map(|l| l.strip_prefix("vm_service_ports_reserved ")).unwrap().trim().parse().unwrap();
+        if reserved == running.len() {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "leaked port reservations ({reserved} for {} running VMs):\n{text}", running.len());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     for line in text.lines().filter(|l| l.starts_with("vm_service_ssh_pool_connections{")) {
         assert!(running.iter().any(|r| line.contains(r["id"].as_str().unwrap())), "SSH pool left for a VM that is not running: {line}");
     }

@@ -94,8 +94,10 @@ pub async fn upload_files(
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct UploadFileQuery {
     /// Absolute destination path in the guest.
+    #[param(pattern = "^/")]
     pub path: String,
     /// File mode in octal, e.g. `644` or `0755` (default 644).
+    #[param(pattern = "^[0-7]{1,5}$")]
     pub mode: Option<String>,
 }
 
@@ -117,9 +119,6 @@ pub async fn upload_file(
     body: Body,
 ) -> Result<(StatusCode, Json<UploadFileResponse>), ApiError> {
     let path = q.path;
-    if !path.starts_with('/') {
-        return Err(validation(&["query", "path"], "path must be absolute"));
-    }
     let mode = match q.mode.as_deref().filter(|m| !m.is_empty()) {
         None => 0o644,
         Some(m) => {

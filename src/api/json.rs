@@ -71,27 +71,43 @@ fn read<T: DeserializeOwned>(root: &str, value: Value) -> Result<T, ApiError> {
     })
 }
 
-pub fn parse<T: DeserializeOwned + utoipa::ToSchema + 'static>(body: &[u8]) -> Result<T, ApiError> {
+/// Parses a JSON body into `T` after checking it against `T`'s schema: the one in
+/// `published` (the served document's components, bounds from the settings included) when
+/// it is there, else the type's own.
+pub fn parse<T: DeserializeOwned + utoipa::ToSchema + 'static>(body: &[u8], published: Option<&Map<String, Value>>) -> Result<T, ApiError> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(ApiError::Validation { loc: vec!["body".into()], msg: "Field required".into(), kind: "missing" });
     }
-    let mut value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::Validation { loc: vec!["body".into()], msg: format!("JSON decode error: {e}"), kind: "json_invalid" })?;
-    let c = body_schema::<T>();
-    Checker::new(&c.components).check(&mut value, &c.schema, &mut vec!["body".into()]).map_err(violation)?;
+    let mut value: Value = serde_json::from_slice(body).map_err(|e| ApiError::Validation {
+        loc: vec!["body".into()],
+        msg: format!("JSON decode error: {e}"),
+        kind: "json_invalid",
+    })?;
+    let name = T::name();
+    match published.filter(|p| p.contains_key(name.as_ref())) {
+        Some(p) => {
+            let schema = serde_json::json!({ "$ref": format!("#/components/schemas/{name}") });
+            Checker::new(p).check(&mut value, &schema, &mut vec!["body".into()])
+        }
+        None => {
+            let c = body_schema::<T>();
+            Checker::new(&c.components).check(&mut value, &c.schema, &mut vec!["body".into()])
+        }
+    }
+    .map_err(violation)?;
     read("body", value)
 }
 
-/// A JSON body checked against `T`'s schema.
+/// A JSON body checked against `T`'s published schema.
 pub struct ApiJson<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned + utoipa::ToSchema + 'static> FromRequest<S> for ApiJson<T> {
+impl<T: DeserializeOwned + utoipa::ToSchema + 'static> FromRequest<super::AppState> for ApiJson<T> {
     type Rejection = axum::response::Response;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request, state: &super::AppState) -> Result<Self, Self::Rejection> {
         use axum::response::IntoResponse;
         let bytes = Bytes::from_request(req, state).await.map_err(IntoResponse::into_response)?;
-        parse(&bytes).map(ApiJson).map_err(IntoResponse::into_response)
+        parse(&bytes, state.schemas.get()).map(ApiJson).map_err(IntoResponse::into_response)
     }
 }
 
@@ -185,19 +201,19 @@ mod tests {
 
     #[test]
     fn missing_nested_field_is_named() {
-        match parse::<B>(br#"{"files":[{}]}"#) {
+        match parse::<B>(br#"{"files":[{}]}"#, None) {
             Err(ApiError::Validation { loc, kind, .. }) => {
                 assert_eq!(loc, vec!["body", "files", "0", "mode"]);
                 assert_eq!(kind, "missing");
             }
             other => panic!("{other:?}"),
         }
-        match parse::<B>(br#"{"files":[{"mode":"x"}]}"#) {
+        match parse::<B>(br#"{"files":[{"mode":"x"}]}"#, None) {
             Err(ApiError::Validation { loc, .. }) => assert_eq!(loc, vec!["body", "files", "0", "mode"]),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(parse::<B>(br#"[]"#), Err(ApiError::Validation { .. })), "an array is not the object the schema asks");
-        assert_eq!(parse::<B>(br#"{"files":[{"mode":420.0}]}"#).unwrap().files[0].mode, 420);
+        assert!(matches!(parse::<B>(br#"[]"#, None), Err(ApiError::Validation { .. })), "an array is not the object the schema asks");
+        assert_eq!(parse::<B>(br#"{"files":[{"mode":420.0}]}"#, None).unwrap().files[0].mode, 420);
     }
 
     #[derive(serde::Deserialize, utoipa::IntoParams, Debug)]

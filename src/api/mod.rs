@@ -32,6 +32,15 @@ use utoipa_axum::routes;
 pub struct AppState {
     pub mgr: Arc<Manager>,
     pub token: Arc<String>,
+    /// The published document's component schemas (JSON): what request bodies are checked
+    /// against, set once the document is built.
+    pub schemas: Arc<std::sync::OnceLock<serde_json::Map<String, serde_json::Value>>>,
+}
+
+impl AppState {
+    pub fn new(mgr: Arc<Manager>, token: String) -> AppState {
+        AppState { mgr, token: Arc::new(token), schemas: Default::default() }
+    }
 }
 
 /// Bodies beyond this are refused with 413 (upload-files has its own, larger limit).
@@ -101,6 +110,19 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
     resp
 }
 
+/// Refuses a body whose announced length is over `limit` as soon as the headers arrive
+/// (413 with a JSON detail), so a client is not left sending what will be refused; a body
+/// without a length is cut by DefaultBodyLimit as it streams.
+async fn announced_length_within(limit: usize, req: Request, next: Next) -> Response {
+    let announced = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    match announced {
+        Some(n) if n > limit as u64 => {
+            ApiError::Status(axum::http::StatusCode::PAYLOAD_TOO_LARGE, format!("request body of {n} bytes; this route takes at most {limit}")).into_response()
+        }
+        _ => next.run(req).await,
+    }
+}
+
 /// Every route with its OpenAPI operation, each path written once (in its handler's
 /// `#[utoipa::path]`), and the document they make.
 pub fn router(state: AppState) -> axum::Router {
@@ -128,14 +150,18 @@ pub fn router(state: AppState) -> axum::Router {
         .routes(routes!(metrics::vm_metrics))
         // The original answered `/vms` and `/vms/` alike: the slash-less form, undocumented.
         .route("/vms", axum::routing::post(vms::create).get(vms::list))
-        .layer(DefaultBodyLimit::max(BODY_LIMIT));
-    let upload = OpenApiRouter::new().routes(routes!(files::upload_files)).layer(DefaultBodyLimit::max(UPLOAD_BODY_LIMIT));
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn(|req, next| announced_length_within(BODY_LIMIT, req, next)));
+    let upload = OpenApiRouter::new()
+        .routes(routes!(files::upload_files))
+        .layer(DefaultBodyLimit::max(UPLOAD_BODY_LIMIT))
+        .layer(middleware::from_fn(|req, next| announced_length_within(UPLOAD_BODY_LIMIT, req, next)));
     // Streamed to the guest chunk by chunk: bounded by the guest's disk, not by memory.
     let stream_upload = OpenApiRouter::new().routes(routes!(files::upload_file)).layer(DefaultBodyLimit::disable());
     let protected = vm.merge(upload).merge(stream_upload).route_layer(middleware::from_fn_with_state(state.clone(), auth));
-    let (routes, mut doc) =
-        OpenApiRouter::with_openapi(ApiDoc::openapi()).routes(routes!(health::health)).merge(protected).split_for_parts();
-    openapi::finish(&mut doc);
+    let (routes, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi()).routes(routes!(health::health)).merge(protected).split_for_parts();
+    let (doc, schemas) = openapi::finish(doc, &state.mgr.cfg);
+    let _ = state.schemas.set(schemas);
     let docs = utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", doc);
     routes.merge(docs).layer(middleware::from_fn_with_state(state.clone(), observe)).with_state(state)
 }

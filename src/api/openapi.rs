@@ -1,14 +1,41 @@
 //! The OpenAPI document: every route, plus the error statuses any route can answer
 //! (so a client generated from it, or a schema fuzzer, sees no undocumented status).
+use serde_json::{Map, Value};
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{RefOr, Response};
 use utoipa::Modify;
 
-/// The bearer scheme and the error statuses, added once every route is in.
-pub fn finish(doc: &mut utoipa::openapi::OpenApi) {
+/// Completes the document once every route is in: the bearer scheme, the error statuses,
+/// and the bounds that come from this node's settings and the manager's constants (so the
+/// document states the limits requests are then checked against). Returns the document and
+/// its component schemas as JSON, for the request checker.
+pub fn finish(mut doc: utoipa::openapi::OpenApi, cfg: &crate::config::Resolved) -> (utoipa::openapi::OpenApi, Map<String, Value>) {
     doc.components.get_or_insert_with(Default::default).add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
-    ErrorResponses.modify(doc);
+    ErrorResponses.modify(&mut doc);
+    let ttl = crate::manager::expiry::MAX_TTL_S;
+    let bounds: [(&str, &str, u64, u64); 5] = [
+        ("VmCreate", "vcpus", 1, cfg.max_vcpus.into()),
+        ("VmCreate", "mem_mib", 256, cfg.max_mem_mib.into()),
+        ("VmCreate", "disk_gib", 5, cfg.max_disk_gib.into()),
+        ("VmCreate", "ttl_s", 1, ttl),
+        ("VmTtl", "ttl_s", 1, ttl),
+    ];
+    let mut json = serde_json::to_value(&doc).unwrap_or(Value::Null);
+    for (schema, field, min, max) in bounds {
+        if let Some(p) = json.pointer_mut(&format!("/components/schemas/{schema}/properties/{field}")).and_then(Value::as_object_mut) {
+            p.insert("minimum".into(), min.into());
+            p.insert("maximum".into(), max.into());
+        }
+    }
+    let schemas = json.pointer("/components/schemas").and_then(Value::as_object).cloned().unwrap_or_default();
+    match serde_json::from_value(json) {
+        Ok(d) => (d, schemas),
+        Err(e) => {
+            tracing::error!(error = %e, "could not set the configured bounds in the OpenAPI document");
+            (doc, schemas)
+        }
+    }
 }
 
 pub struct ErrorResponses;

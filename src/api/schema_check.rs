@@ -41,6 +41,17 @@ fn as_f64(v: &Value) -> Option<f64> {
     v.as_f64()
 }
 
+/// Whether `text` matches the JSON Schema `pattern` (compiled once; a pattern that does not
+/// compile matches nothing, so it cannot let input through).
+fn pattern_matches(pattern: &str, text: &str) -> bool {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<String, Option<regex::Regex>>>> = OnceLock::new();
+    let mut cache = CACHE.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    let re = cache.entry(pattern.to_string()).or_insert_with(|| regex::Regex::new(pattern).ok());
+    re.as_ref().is_some_and(|re| re.is_match(text))
+}
+
 impl<'a> Checker<'a> {
     pub fn new(components: &'a Map<String, Value>) -> Self {
         Checker { components }
@@ -117,6 +128,11 @@ impl<'a> Checker<'a> {
         match value {
             Value::Number(_) => self.check_number(value, schema, loc),
             Value::String(s) => {
+                if let Some(p) = schema.get("pattern").and_then(Value::as_str) {
+                    if !pattern_matches(p, s) {
+                        return fail(loc, format!("String should match pattern '{p}'"), "string_pattern_mismatch");
+                    }
+                }
                 let n = s.chars().count();
                 if let Some(min) = schema.get("minLength").and_then(Value::as_u64) {
                     if (n as u64) < min {
@@ -263,5 +279,8 @@ mod tests {
         let s = json!({"type": ["string", "null"], "enum": ["zip", "tar.gz", null]});
         assert!(check(json!("zip"), s.clone()).is_ok());
         assert_eq!(check(json!("rar"), s).unwrap_err().kind, "enum");
+        let s = json!({"type": "string", "pattern": "^/"});
+        assert!(check(json!("/abs"), s.clone()).is_ok());
+        assert_eq!(check(json!("rel/x"), s).unwrap_err().kind, "string_pattern_mismatch");
     }
 }

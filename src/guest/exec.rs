@@ -118,5 +118,4 @@ mod tests {
         assert_eq!(with_context("a\0b", None, &[]).unwrap_err().field, "command");
         assert!(with_context("true", Some(""), &[]).is_err());
     }
-
 }

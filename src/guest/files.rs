@@ -318,5 +318,4 @@ mod tests {
         parse_find(b"/||d\n", &mut r);
         assert_eq!(r[0].name, "/");
     }
-
 }

@@ -53,3 +53,38 @@ impl From<russh_sftp::client::error::Error> for GuestError {
         GuestError::Sftp(e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    fn sources(dir: &std::path::Path, out: &mut Vec<(std::path::PathBuf, String)>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                sources(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push((p.clone(), std::fs::read_to_string(&p).unwrap()));
+            }
+        }
+    }
+
+    /// Shell text reaches a guest only as a `cmd::Script`, which only guest/cmd.rs builds:
+    /// the SSH exec request is sent from guest/channel.rs alone, and the raw form (the
+    /// user's own command) is taken in guest/exec.rs alone.
+    #[test]
+    fn guest_shell_text_is_made_only_by_the_builder() {
+        let mut files = Vec::new();
+        sources(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src")), &mut files);
+        // Spelled in pieces, so this file does not match itself.
+        let exec_call = [".exec(", "true"].concat();
+        let raw_form = ["Script::", "user("].concat();
+        for (path, text) in &files {
+            let p = path.to_string_lossy();
+            if text.contains(&exec_call) {
+                assert!(p.ends_with("guest/channel.rs"), "{p} sends an exec request itself");
+            }
+            if text.contains(&raw_form) {
+                assert!(p.ends_with("guest/exec.rs") || p.ends_with("guest/cmd.rs"), "{p} passes raw shell text");
+            }
+        }
+    }
+}

@@ -225,12 +225,8 @@ mod tests {
 
     #[tokio::test]
     async fn caps_truncate_each_stream_and_the_deadline_ends_the_read() {
-        let msgs = vec![
-            data("hello"),
-            ChannelMsg::ExtendedData { data: b"err".to_vec().into(), ext: 1 },
-            data(" world"),
-            ChannelMsg::ExitStatus { exit_status: 3 },
-        ];
+        let msgs =
+            vec![data("hello"), ChannelMsg::ExtendedData { data: b"err".to_vec().into(), ext: 1 }, data(" world"), ChannelMsg::ExitStatus { exit_status: 3 }];
         let mut src = Fake(msgs.into());
         let c = collect(&mut src, Caps { stdout: 7, stderr: 10 }, Some(Instant::now() + std::time::Duration::from_millis(50))).await;
         assert_eq!(c.output.stdout, b"hello w");

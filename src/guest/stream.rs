@@ -15,7 +15,11 @@ pub enum Chunk {
     Stdout(Vec<u8>),
     Stderr(Vec<u8>),
     /// The command ended (or was killed at its timeout).
-    Exit { exit_code: Option<i32>, signal: Option<String>, timed_out: bool },
+    Exit {
+        exit_code: Option<i32>,
+        signal: Option<String>,
+        timed_out: bool,
+    },
     /// The connection went away before the command reported how it ended.
     Lost(String),
 }

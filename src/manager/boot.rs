@@ -136,12 +136,12 @@ impl Manager {
                 let cache = self.cfg.base_dir.join("accel-probe.json");
                 let boot_id = tokio::fs::read_to_string("/proc/sys/kernel/random/boot_id").await.unwrap_or_default();
                 let key = format!("{}|{}|{:?}", boot_id.trim(), self.cfg.qemu_bin, kernel);
-                if let Some(r) = accel::load_cached(&cache, &key) {
+                if let Some(r) = accel::load_cached(&cache, &key).await {
                     tracing::info!(accel = r.accel.as_str(), reason = %r.reason, "accelerator chosen (cached probe)");
                     return r;
                 }
                 let r = accel::probe(&self.cfg.qemu_bin, Arch::host(), kernel.as_deref(), Duration::from_secs(6)).await;
-                accel::store_cached(&cache, &key, &r);
+                accel::store_cached(&cache, &key, &r).await;
                 tracing::info!(accel = r.accel.as_str(), reason = %r.reason, "accelerator chosen");
                 r
             })

@@ -355,7 +355,7 @@ impl Notifier {
 mod tests {
     use super::*;
     use futures::StreamExt;
-    
+
     fn dir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("vmsvc-console-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();

@@ -3,7 +3,7 @@ use super::Manager;
 use crate::model::{now, VmState};
 use serde::Serialize;
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Event {
     pub vm_id: String,
     pub ts: f64,

@@ -35,8 +35,8 @@ pub const SEARCH_MAX_TIMEOUT_S: u64 = 300;
 
 impl Manager {
     fn prepared(&self, req: &ExecRequest) -> Result<(crate::guest::cmd::Script, f64)> {
-        let script = exec::with_context(&req.command, req.cwd.as_deref(), &req.env)
-            .map_err(|e| ManagerError::Invalid { field: e.field.into(), message: e.message })?;
+        let script =
+            exec::with_context(&req.command, req.cwd.as_deref(), &req.env).map_err(|e| ManagerError::Invalid { field: e.field.into(), message: e.message })?;
         let secs = req.timeout_s.filter(|t| t.is_finite() && *t > 0.0).unwrap_or(self.cfg.exec_timeout_s as f64).min(self.cfg.exec_max_timeout_s as f64);
         Ok((script, secs))
     }

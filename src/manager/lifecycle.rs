@@ -157,10 +157,9 @@ impl Manager {
             async move {
                 let _guard = guard;
                 let res = match timeout_override {
-                    Some(s) => me.boot_with_timeout(&id, cancel, s).await,
-                    None => me.boot(&id, cancel).await,
+                    Some(s) => me.boot_with_timeout(&id, cancel.clone(), s).await,
+                    None => me.boot(&id, cancel.clone()).await,
                 };
-                *lock(&slot.cancel) = None;
                 match res {
                     Ok(()) => {
                         if let Some(t0) = t0 {
@@ -168,17 +167,36 @@ impl Manager {
                         }
                     }
                     Err(ManagerError::Busy(_)) => {} // cancelled: the stop/delete that cancelled it writes the state
-                    Err(e) => {
-                        let reason = e.to_string();
-                        tracing::warn!(vm_id = %id, error = %reason, "boot failed");
-                        if let Err(e) = me.set_state(&id, VmState::Error, Some(reason)).await {
-                            tracing::error!(vm_id = %id, error = %e, "could not record the boot failure");
-                        }
-                    }
+                    Err(e) => me.record_boot_failure(&id, e.to_string(), &cancel).await,
                 }
+                *lock(&slot.cancel) = None;
             },
             span,
         ));
+    }
+
+    /// Records a failed boot as `error`; while the catalog is unavailable it retries (a
+    /// record left `provisioning` would hide the failure), until a stop or delete takes over.
+    async fn record_boot_failure(&self, id: &str, reason: String, cancel: &CancellationToken) {
+        tracing::warn!(vm_id = %id, error = %reason, "boot failed");
+        let mut wait = Duration::from_millis(500);
+        loop {
+            match self.set_state(id, VmState::Error, Some(reason.clone())).await {
+                Ok(_) => return,
+                Err(ManagerError::Catalog(crate::catalog::CatalogError::Unavailable(e))) => {
+                    tracing::warn!(vm_id = %id, error = %e, "catalog unavailable; the boot failure is recorded when it is back");
+                }
+                Err(e) => {
+                    tracing::error!(vm_id = %id, error = %e, "could not record the boot failure");
+                    return;
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = cancel.cancelled() => return,
+            }
+            wait = (wait * 2).min(Duration::from_secs(10));
+        }
     }
 
     async fn boot_with_timeout(self: &Arc<Self>, id: &str, cancel: CancellationToken, secs: u64) -> Result<()> {

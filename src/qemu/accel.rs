@@ -65,8 +65,8 @@ pub async fn probe(qemu_bin: &str, arch: Arch, kernel: Option<&Path>, budget: Du
 
 /// A probe result stored under VM_BASE_DIR, valid for the same `key` (host boot id,
 /// QEMU binary, kernel).
-pub fn load_cached(path: &Path, key: &str) -> Option<ProbeResult> {
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+pub async fn load_cached(path: &Path, key: &str) -> Option<ProbeResult> {
+    let v: serde_json::Value = serde_json::from_slice(&tokio::fs::read(path).await.ok()?).ok()?;
     if v["key"].as_str()? != key {
         return None;
     }
@@ -79,9 +79,9 @@ pub fn load_cached(path: &Path, key: &str) -> Option<ProbeResult> {
     Some(ProbeResult { accel, reason: format!("{} (cached)", v["reason"].as_str().unwrap_or("")) })
 }
 
-pub fn store_cached(path: &Path, key: &str, r: &ProbeResult) {
+pub async fn store_cached(path: &Path, key: &str, r: &ProbeResult) {
     let v = serde_json::json!({ "key": key, "accel": r.accel.as_str(), "reason": r.reason });
-    if let Err(e) = std::fs::write(path, v.to_string()) {
+    if let Err(e) = tokio::fs::write(path, v.to_string()).await {
         tracing::warn!(path = %path.display(), error = %e, "could not cache the accelerator probe");
     }
 }

@@ -110,8 +110,12 @@ pub fn build(spec: &LaunchSpec) -> Result<Vec<String>, QemuError> {
         s("-no-user-config"),
         s("-display"),
         s("none"),
+        // O_APPEND (append=on): the service may truncate the log to rotate it, and QEMU
+        // then writes on at its new end.
+        s("-chardev"),
+        format!("file,id=con0,path={},append=on", optval(&spec.console_log)),
         s("-serial"),
-        format!("file:{}", p(&spec.console_log)),
+        s("chardev:con0"),
         s("-qmp"),
         format!("unix:{},server=on,wait=off", optval(&spec.qmp_socket)),
         s("-pidfile"),
@@ -214,7 +218,8 @@ mod tests {
         assert!(has_pair(&a, "-cpu", "max"));
         assert!(has_pair(&a, "-smp", "2"));
         assert!(has_pair(&a, "-m", "512"));
-        assert!(has_pair(&a, "-serial", "file:/w/console.log"));
+        assert!(has_pair(&a, "-chardev", "file,id=con0,path=/w/console.log,append=on"));
+        assert!(has_pair(&a, "-serial", "chardev:con0"));
         assert!(has_pair(&a, "-qmp", "unix:/w/qmp.sock,server=on,wait=off"));
         assert!(has_pair(&a, "-pidfile", "/w/qemu.pid"));
         assert!(has_pair(&a, "-netdev", "user,id=n0,hostfwd=tcp:127.0.0.1:40022-:22"));

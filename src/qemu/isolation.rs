@@ -3,7 +3,9 @@
 //! dedicated unprivileged uid, and one nftables rule refuses new loopback connections
 //! from that uid, so slirp cannot open them on a guest's behalf; the service (another
 //! uid) still connects to QEMU's forwarded ports. DNS (port 53) stays allowed so the
-//! guest's resolver keeps working when the host's resolver listens on loopback.
+//! guest's resolver keeps working when the host's resolver listens on loopback. TCP is
+//! refused with a reset, so the guest's connect fails at once (an ICMP rejection left it
+//! waiting for minutes).
 use serde::Serialize;
 use std::process::Stdio;
 use tokio::io::AsyncWriteExt;
@@ -33,6 +35,7 @@ pub fn ruleset(uid: u32) -> String {
          \t\ttype filter hook output priority 0; policy accept;\n\
          \t\tmeta skuid {uid} oif \"lo\" udp dport 53 accept\n\
          \t\tmeta skuid {uid} oif \"lo\" tcp dport 53 accept\n\
+         \t\tmeta skuid {uid} oif \"lo\" ct state new meta l4proto tcp reject with tcp reset\n\
          \t\tmeta skuid {uid} oif \"lo\" ct state new reject\n\
          \t}}\n\
          }}\n"
@@ -111,6 +114,7 @@ mod tests {
     fn ruleset_refuses_new_loopback_connections_from_the_qemu_uid_only() {
         let r = ruleset(998);
         assert!(r.contains("meta skuid 998 oif \"lo\" ct state new reject"));
+        assert!(r.find("reject with tcp reset").unwrap() < r.find("ct state new reject").unwrap(), "TCP gets a reset before the catch-all");
         assert!(r.contains("delete table inet vm_service_isolation"));
         assert!(r.find("dport 53 accept").unwrap() < r.find("reject").unwrap());
     }

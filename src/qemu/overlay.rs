@@ -81,27 +81,39 @@ pub fn qcow2_overlay_bytes(backing: &str, size: u64) -> Result<Vec<u8>, QemuErro
 pub async fn create(qemu_img: &str, base: &Path, overlay: &Path, disk_gib: u32) -> Result<u64, QemuError> {
     let tmp = overlay.with_extension("qcow2.part");
     let wanted = u64::from(disk_gib) << 30;
-    let size = match qcow2_virtual_size(base)? {
-        Some(base_size) => {
-            let size = wanted.max(base_size);
-            // QEMU resolves a relative backing name against the overlay's directory.
-            let abs = std::path::absolute(base).map_err(io_err(format!("resolving {}", base.display())))?;
-            let backing = abs.to_str().ok_or_else(|| QemuError::Image(format!("base image path is not UTF-8: {}", abs.display())))?;
-            let bytes = qcow2_overlay_bytes(backing, size)?;
-            let written = std::fs::File::create(&tmp).and_then(|mut f| {
-                f.write_all(&bytes)?;
-                f.sync_data()
-            });
-            if let Err(e) = written {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(io_err(format!("writing {}", tmp.display()))(e));
-            }
-            size
-        }
+    let in_process = {
+        let (base, tmp) = (base.to_path_buf(), tmp.clone());
+        tokio::task::spawn_blocking(move || write_in_process(&base, &tmp, wanted))
+            .await
+            .map_err(|e| QemuError::Image(format!("overlay task failed: {e}")))??
+    };
+    let size = match in_process {
+        Some(size) => size,
         None => create_with_qemu_img(qemu_img, base, &tmp, wanted).await?,
     };
-    std::fs::rename(&tmp, overlay).map_err(io_err(format!("renaming {}", tmp.display())))?;
+    tokio::fs::rename(&tmp, overlay).await.map_err(io_err(format!("renaming {}", tmp.display())))?;
     Ok(size)
+}
+
+/// Writes the overlay for a qcow2 base at `tmp` (mode 0600, synced); None when the base is
+/// not qcow2. Blocking.
+fn write_in_process(base: &Path, tmp: &Path, wanted: u64) -> Result<Option<u64>, QemuError> {
+    let Some(base_size) = qcow2_virtual_size(base)? else { return Ok(None) };
+    let size = wanted.max(base_size);
+    // QEMU resolves a relative backing name against the overlay's directory.
+    let abs = std::path::absolute(base).map_err(io_err(format!("resolving {}", base.display())))?;
+    let backing = abs.to_str().ok_or_else(|| QemuError::Image(format!("base image path is not UTF-8: {}", abs.display())))?;
+    let bytes = qcow2_overlay_bytes(backing, size)?;
+    let written = crate::util::private_file(tmp).and_then(|mut f| {
+        f.set_len(0)?;
+        f.write_all(&bytes)?;
+        f.sync_data()
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(tmp);
+        return Err(io_err(format!("writing {}", tmp.display()))(e));
+    }
+    Ok(Some(size))
 }
 
 async fn create_with_qemu_img(qemu_img: &str, base: &Path, tmp: &Path, wanted: u64) -> Result<u64, QemuError> {
@@ -112,9 +124,12 @@ async fn create_with_qemu_img(qemu_img: &str, base: &Path, tmp: &Path, wanted: u
     let created =
         run(qemu_img, "qemu-img create", |c| c.args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"]).arg(base).arg(tmp).arg(size.to_string())).await;
     if created.is_err() {
-        let _ = std::fs::remove_file(tmp);
+        let _ = tokio::fs::remove_file(tmp).await;
     }
-    created.map(|_| size)
+    created?;
+    use std::os::unix::fs::PermissionsExt;
+    tokio::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o600)).await.map_err(io_err(format!("chmod {}", tmp.display())))?;
+    Ok(size)
 }
 
 async fn run(bin: &str, tool: &str, args: impl FnOnce(&mut Command) -> &mut Command) -> Result<Vec<u8>, QemuError> {

@@ -8,7 +8,8 @@ use std::process::Stdio;
 use tokio::process::{Child, Command};
 
 pub fn spawn(argv: &[String], log: &Path, run_as: Option<(u32, u32)>) -> Result<Child, QemuError> {
-    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(io_err(format!("opening {}", log.display())))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let out = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(log).map_err(io_err(format!("opening {}", log.display())))?;
     let err = out.try_clone().map_err(io_err("dup qemu.log"))?;
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(out).stderr(err).process_group(0).kill_on_drop(false);

@@ -29,7 +29,8 @@ pub fn meta_data(vm_id: &str) -> String {
 pub fn write(path: &Path, user_data: &str, meta_data: &str) -> Result<(), QemuError> {
     let tmp = path.with_extension("img.part");
     let result = (|| -> std::io::Result<()> {
-        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
         file.set_len(1024 * 1024)?;
         {
             let mut buf = fscommon::BufStream::new(&file);
