@@ -8,7 +8,11 @@
 # records bench.py seeds through its Redis:
 #   bash bench/run.sh --url-b http://127.0.0.1:9000 --token-b T --redis-url redis://… --redis-prefix-b vmsvc_b
 # Results: printed as a markdown table and written to bench/results/<UTC time>.json.
+#   bash bench/run.sh --snapshots   snapshot figures instead (bench/snapshots.py): restored
+#                                   vs cold creates, pause, resume, fork, QEMU memory.
 set -euo pipefail
+mode=main
+if [ "${1:-}" = --snapshots ]; then mode=snapshots; shift; fi
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/vm-service-target}"
 image="${VM_BENCH_IMAGE_DIR:-${VM_BASE_DIR:-/var/lib/vm-service}/images/tiny}"
@@ -32,6 +36,11 @@ sport="$(free_port)"
 token="bench-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 mkdir -p "$work/base/images"
 ln -s "$image" "$work/base/images/tiny"
+# The same image without its identity refresh command: never restored, always booted cold.
+mkdir -p "$work/base/images/tiny-cold"
+for f in "$image"/*; do [ "$(basename "$f")" = manifest.json ] || ln -s "$f" "$work/base/images/tiny-cold/"; done
+python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); m.pop("refresh", None); m["name"]="tiny-cold"; json.dump(m, open(sys.argv[2], "w"))' \
+  "$image/manifest.json" "$work/base/images/tiny-cold/manifest.json"
 export VM_BASE_DIR="$work/base" AUTH_TOKEN="$token" NODE_NAME=bench-node RUST_LOG=warn
 if [ "${CATALOG:-embedded}" = redis ]; then
   rport="$(free_port)"
@@ -50,12 +59,16 @@ with open(sys.argv[1], "w") as f:
                             "disk_gib": 5, "ssh_port": None, "ssh_user": None, "key_ref": None, "error_reason": None,
                             "created_at": now, "updated_at": now, "node": "bench-node"}) + "\n")
 PY
-"$CARGO_TARGET_DIR/release/vm-service" import "$work/records.jsonl"
+[ "$mode" = snapshots ] || "$CARGO_TARGET_DIR/release/vm-service" import "$work/records.jsonl"
 LISTEN_ADDR="127.0.0.1:$sport" "$CARGO_TARGET_DIR/release/vm-service" serve >"$work/service.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$sport/health" >/dev/null && break; sleep 0.1; done
 
 mkdir -p "$here/bench/results"
 out="$here/bench/results/$(date -u +%Y%m%dT%H%M%SZ).json"
-python3 "$here/bench/bench.py" --url "http://127.0.0.1:$sport" --token "$token" --node bench-node --json "$out" "$@"
+if [ "$mode" = snapshots ]; then
+  python3 "$here/bench/snapshots.py" --url "http://127.0.0.1:$sport" --token "$token" --base-dir "$work/base" --json "$out" "$@"
+else
+  python3 "$here/bench/bench.py" --url "http://127.0.0.1:$sport" --token "$token" --node bench-node --json "$out" "$@"
+fi
 echo "figures written to $out"

@@ -52,9 +52,10 @@ kver="${kernel#/boot/vmlinuz-}"
 moddir="/lib/modules/$kver"
 [ -d "$moddir" ] || die "no modules at $moddir (package linux-image-$kver)"
 
-# Refuse to replace a base image that existing overlays back onto, unless forced.
+# Refuse to replace a base image that existing overlays (or snapshot/fork layers) back
+# onto, unless forced.
 if [ -f "$out/disk.qcow2" ] && [ "$force" != 1 ]; then
-  users="$(find "$VM_BASE_DIR/vms" -name disk.qcow2 2>/dev/null | while read -r ov; do
+  users="$(find "$VM_BASE_DIR/vms" "$VM_BASE_DIR/layers" -name "*.qcow2" 2>/dev/null | while read -r ov; do
     qemu-img info --output=json "$ov" 2>/dev/null | grep "\"$out/disk.qcow2\"" >/dev/null && echo "$ov"; done || true)"
   if [ -n "$users" ]; then
     die "$out/disk.qcow2 backs existing VM overlays ($(echo "$users" | wc -l)); use --force to rebuild anyway"
@@ -99,7 +100,7 @@ for lib in /lib/x86_64-linux-gnu/libnss_files.so.2; do [ -e "$lib" ] && cp -L "$
 
 # static configuration, init scripts and the seed reader
 cp -a "$here/rootfs/." "$root/"
-chmod 755 "$root/etc/init.d/rcS" "$root/etc/udhcpc.script" "$root/etc/acpi/PWRF/00000080" "$root/sbin/vm-seed"
+chmod 755 "$root/etc/init.d/rcS" "$root/etc/udhcpc.script" "$root/etc/acpi/PWRF/00000080" "$root/sbin/vm-seed" "$root/sbin/sshd-loop" "$root/sbin/vm-refresh"
 chmod 600 "$root/etc/shadow"
 
 # modules the running system loads after switch_root (power button for ACPI shutdown)
@@ -160,7 +161,7 @@ cp "$work/vmlinuz" "$out/vmlinuz.tmp"; mv "$out/vmlinuz.tmp" "$out/vmlinuz"
 cp "$work/initrd.gz" "$out/initrd.gz.tmp"; mv "$out/initrd.gz.tmp" "$out/initrd.gz"
 mv "$tmpq" "$out/disk.qcow2"
 chmod 644 "$out"/*
-cat > "$out/manifest.json" <<EOF
+cat > "$out/manifest.json.tmp" <<EOF
 {
   "name": "tiny",
   "arch": "x86_64",
@@ -172,11 +173,13 @@ cat > "$out/manifest.json" <<EOF
   "machine": "pc",
   "cpu": "qemu64,+rdrand",
   "ready_marker": "tiny-guest: rcS done",
+  "refresh": "/sbin/vm-refresh",
   "kernel_version": "$kver",
   "source_hash": "$(bash "$(dirname "${BASH_SOURCE[0]}")/source-hash.sh")",
   "built_at": $(date +%s)
 }
 EOF
+mv "$out/manifest.json.tmp" "$out/manifest.json"
 end=$(date +%s.%N)
 printf 'guest image built in %.1f s: %s (disk %s, initrd %s, vmlinux %s)\n' "$(echo "$end - $start" | bc 2>/dev/null || python3 -c "print($end-$start)")" \
   "$out" "$(du -h "$out/disk.qcow2" | cut -f1)" "$(du -h "$out/initrd.gz" | cut -f1)" "$(du -h "$out/vmlinux" | cut -f1)"

@@ -116,6 +116,14 @@ pub struct Settings {
     /// console.log.1 whenever it reaches half of this.
     #[arg(long, env = "VM_CONSOLE_LOG_MAX_KIB", default_value_t = 8192)]
     pub vm_console_log_max_kib: u64,
+    /// Warm snapshots: `on` restores a create from a snapshot of its image and shape when one
+    /// exists (POST /images/{name}/snapshots makes one), `auto` also makes one at the first
+    /// create of a shape, `off` always boots cold.
+    #[arg(long, env = "VM_SNAPSHOTS", default_value = "on", value_parser = ["off", "on", "auto"])]
+    pub vm_snapshots: String,
+    /// Largest `count` of one fork.
+    #[arg(long, env = "VM_MAX_FORK", default_value_t = 8)]
+    pub vm_max_fork: u32,
     /// Log format: text or json (JSON lines).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -178,6 +186,8 @@ pub struct Resolved {
     pub exec_max_timeout_s: u64,
     pub port_range: std::ops::RangeInclusive<u16>,
     pub console_log_max_bytes: u64,
+    pub snapshots: crate::manager::snapshot::Policy,
+    pub max_fork: u32,
 }
 
 impl Resolved {
@@ -245,6 +255,8 @@ impl Settings {
             exec_max_timeout_s: self.exec_max_timeout_s.max(1),
             port_range: crate::qemu::ports::parse_range(&self.vm_port_range).map_err(|e| anyhow::anyhow!("VM_PORT_RANGE: {e}"))?,
             console_log_max_bytes: self.vm_console_log_max_kib.max(256) * 1024,
+            snapshots: crate::manager::snapshot::Policy::parse(&self.vm_snapshots).map_err(|e| anyhow::anyhow!(e))?,
+            max_fork: self.vm_max_fork.max(1),
         })
     }
 }

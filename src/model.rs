@@ -10,6 +10,8 @@ pub enum VmState {
     Running,
     Stopped,
     Error,
+    /// Memory and devices saved in the VM's directory, QEMU gone; `resume` continues it.
+    Paused,
 }
 
 impl VmState {
@@ -19,9 +21,10 @@ impl VmState {
             VmState::Running => "running",
             VmState::Stopped => "stopped",
             VmState::Error => "error",
+            VmState::Paused => "paused",
         }
     }
-    pub const ALL: [VmState; 4] = [VmState::Provisioning, VmState::Running, VmState::Stopped, VmState::Error];
+    pub const ALL: [VmState; 5] = [VmState::Provisioning, VmState::Running, VmState::Stopped, VmState::Error, VmState::Paused];
 }
 
 /// The catalog record. The first twelve fields are the original's, in its order; the
@@ -60,6 +63,10 @@ pub struct VmRecord {
     /// Epoch seconds after which the VM is deleted (create's `ttl_s`, or POST /vms/{id}/ttl).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<f64>,
+    /// How the running guest came to be: "cold" (booted), "snapshot" (restored from a warm
+    /// snapshot), "fork" (restored from another VM's memory), "resume" (a paused VM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub booted_from: Option<String>,
 }
 
 fn de_state<'de, D: serde::Deserializer<'de>>(d: D) -> Result<VmState, D::Error> {
@@ -70,6 +77,7 @@ fn de_state<'de, D: serde::Deserializer<'de>>(d: D) -> Result<VmState, D::Error>
         "running" => Ok(VmState::Running),
         "stopped" => Ok(VmState::Stopped),
         "error" => Ok(VmState::Error),
+        "paused" => Ok(VmState::Paused),
         other => Err(serde::de::Error::custom(format!("unknown state {other:?}"))),
     }
 }
@@ -110,6 +118,9 @@ pub struct VmOut {
     /// Present only for a VM with a time to live: epoch seconds when it will be deleted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<f64>,
+    /// Present once the VM has run: "cold", "snapshot", "fork" or "resume".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub booted_from: Option<String>,
 }
 
 impl VmOut {
@@ -127,6 +138,7 @@ impl VmOut {
             booted_at: r.booted_at,
             error_reason: r.error_reason.clone(),
             expires_at: r.expires_at,
+            booted_from: r.booted_from.clone(),
         }
     }
 }
@@ -192,6 +204,7 @@ mod tests {
             host_key: None,
             no_egress: false,
             expires_at: None,
+            booted_from: None,
         };
         let s = serde_json::to_string(&r).expect("json");
         assert!(s.starts_with(r#"{"id":"a","state":"stopped","workdir":"w","vcpus":1,"mem_mib":256,"disk_gib":5,"ssh_port":2222,"ssh_user":null,"key_ref":null,"error_reason":null,"created_at":1.0,"updated_at":2.0"#), "{s}");

@@ -278,6 +278,7 @@ fn record(id: &str) -> VmRecord {
         host_key: None,
         no_egress: false,
         expires_at: None,
+        booted_from: None,
     }
 }
 

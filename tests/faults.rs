@@ -141,6 +141,38 @@ async fn full_base_dir() {
     drop(s);
 }
 
+/// A pause on a full disk: the save fails, the VM keeps running and the answer says why;
+/// no half-written state is left.
+#[tokio::test]
+async fn a_pause_that_cannot_be_saved_leaves_the_vm_running() {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let mnt = tempdir("fullpause");
+    let ok = Command::new("mount").args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"]).arg(&mnt).status().unwrap();
+    assert!(ok.success(), "mount tmpfs");
+    let _unmount = Unmount(mnt.clone());
+    let s = Service::start(Opts {
+        extra: vec![("VM_ACCEL".into(), "tcg".into()), ("VM_BASE_DIR".into(), mnt.to_string_lossy().into()), ("VM_MIN_FREE_DISK_MIB".into(), "8".into())],
+        ..Default::default()
+    })
+    .await;
+    let _ = std::fs::create_dir_all(mnt.join("images"));
+    let _ = std::os::unix::fs::symlink(image_dir(), mnt.join("images/tiny"));
+    let id = s.running_vm().await;
+    s.exec(&id, "echo hello > /root/kept").await;
+    let _ = Command::new("dd").args(["if=/dev/zero", "bs=64k"]).arg(format!("of={}", mnt.join("filler").display())).status();
+    let (st, v) = s.post(&format!("/vms/{id}/actions"), json!({"action": "pause"})).await;
+    assert_eq!(st, 409, "{v}");
+    let detail = v["detail"].as_str().unwrap();
+    assert!(detail.contains("keeps running") && detail.to_lowercase().contains("space"), "{v}");
+    assert_eq!(s.get(&format!("/vms/{id}")).await.1["state"], "running");
+    assert_eq!(s.exec(&id, "cat /root/kept").await["stdout"], "hello\n", "the VM runs on");
+    let left: Vec<String> = std::fs::read_dir(mnt.join("vms").join(&id)).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert!(!left.iter().any(|n| n.starts_with("state")), "a half-written state was left: {left:?}");
+}
+
 struct Unmount(std::path::PathBuf);
 impl Drop for Unmount {
     fn drop(&mut self) {

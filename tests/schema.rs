@@ -50,14 +50,14 @@ async fn schemathesis_finds_no_server_errors_and_no_spec_violations() {
 
 /// With a running VM behind `vm_id`: the guest routes' real answers match the document
 /// (validation and schema are one thing). Routes that would end or replace the VM, and
-/// creates (each would boot a guest), are left out.
+/// creates, forks, duplicates and snapshots (each would boot a guest), are left out.
 #[tokio::test]
 async fn schemathesis_with_a_running_vm_finds_no_contract_violations() {
     let s = Service::start(Opts { extra: vec![("VM_ACCEL".into(), "tcg".into())], ..Default::default() }).await;
     let id = s.running_vm().await;
     std::fs::write(s.base.join("schemathesis.toml"), format!("[parameters]\n\"path.vm_id\" = \"{id}\"\n")).unwrap();
     let examples = std::env::var("SCHEMATHESIS_VM_EXAMPLES").unwrap_or_else(|_| "30".into());
-    run(&s, &examples, "7", "tty|events|stream|actions|ttl|^/vms/$|^/vms/\\{vm_id\\}$").await;
+    run(&s, &examples, "7", "tty|events|stream|actions|ttl|fork|duplicate|ensure|^/images/|^/vms/$|^/vms/\\{vm_id\\}$").await;
     let v = s.exec(&id, "echo alive").await;
     assert_eq!(v["stdout"], "alive\n", "the VM survived the run: {v}");
 }

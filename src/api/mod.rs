@@ -6,6 +6,7 @@ pub mod events;
 pub mod exec;
 pub mod files;
 pub mod health;
+pub mod images;
 pub mod json;
 pub mod metrics;
 pub mod openapi;
@@ -133,6 +134,12 @@ pub fn router(state: AppState) -> axum::Router {
         .routes(routes!(vms::get_vm, vms::delete_vm))
         .routes(routes!(vms::actions))
         .routes(routes!(vms::set_ttl))
+        .routes(routes!(vms::fork))
+        .routes(routes!(vms::duplicate))
+        .routes(routes!(vms::ensure))
+        .routes(routes!(images::list))
+        .routes(routes!(images::snapshots, images::make))
+        .routes(routes!(images::delete))
         .routes(routes!(files::list_dirs))
         .routes(routes!(files::read_file))
         .routes(routes!(files::create_dir))

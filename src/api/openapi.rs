@@ -14,12 +14,18 @@ pub fn finish(mut doc: utoipa::openapi::OpenApi, cfg: &crate::config::Resolved) 
     doc.components.get_or_insert_with(Default::default).add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
     ErrorResponses.modify(&mut doc);
     let ttl = crate::manager::expiry::MAX_TTL_S;
-    let bounds: [(&str, &str, u64, u64); 5] = [
+    let bounds: [(&str, &str, u64, u64); 11] = [
         ("VmCreate", "vcpus", 1, cfg.max_vcpus.into()),
         ("VmCreate", "mem_mib", 256, cfg.max_mem_mib.into()),
         ("VmCreate", "disk_gib", 5, cfg.max_disk_gib.into()),
         ("VmCreate", "ttl_s", 1, ttl),
         ("VmTtl", "ttl_s", 1, ttl),
+        ("VmDuplicate", "vcpus", 1, cfg.max_vcpus.into()),
+        ("VmDuplicate", "mem_mib", 256, cfg.max_mem_mib.into()),
+        ("VmDuplicate", "disk_gib", 5, cfg.max_disk_gib.into()),
+        ("SnapshotCreate", "vcpus", 1, cfg.max_vcpus.into()),
+        ("SnapshotCreate", "mem_mib", 256, cfg.max_mem_mib.into()),
+        ("VmFork", "count", 1, cfg.max_fork.into()),
     ];
     let mut json = serde_json::to_value(&doc).unwrap_or(Value::Null);
     for (schema, field, min, max) in bounds {
@@ -57,6 +63,7 @@ impl utoipa::Modify for ErrorResponses {
                     add(op, "503", "the catalog (Redis) is not answering: `{\"detail\": …}`");
                 }
                 if on_vm {
+                    add(op, "400", "a value the guest cannot take (a NUL byte), or a directory where a file was meant");
                     add(op, "404", "unknown VM: `{\"detail\":\"VM not found\"}`");
                     add(op, "409", "the VM is not running, or another lifecycle operation is in progress");
                     add(op, "502", "the guest could not be reached over SSH: `{\"detail\": …}`");

@@ -42,6 +42,10 @@ pub enum Action {
     Start,
     Stop,
     Reboot,
+    /// Save memory and devices into the VM's directory and end QEMU (RAM freed).
+    Pause,
+    /// Continue a paused VM where it was.
+    Resume,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -121,6 +125,8 @@ pub async fn actions(
         Action::Start => st.mgr.start(&vm_id).await?,
         Action::Stop => st.mgr.stop(&vm_id, body.cleanup_disks.unwrap_or(false)).await?,
         Action::Reboot => st.mgr.reboot(&vm_id).await?,
+        Action::Pause => st.mgr.pause(&vm_id).await?,
+        Action::Resume => st.mgr.resume(&vm_id).await?,
     };
     let rec = if q.wait { st.mgr.wait_settled(&rec.id, wait_limit(&st, None)).await? } else { rec };
     Ok(Json(out(&st, &rec)))
@@ -135,4 +141,78 @@ pub async fn set_ttl(State(st): State<AppState>, Path(vm_id): Path<String>, ApiJ
 #[utoipa::path(delete, path = "/vms/{vm_id}", responses((status = 200, body = VmOut, description = "the VM as it was before deletion"), (status = 404)))]
 pub async fn delete_vm(State(st): State<AppState>, Path(vm_id): Path<String>) -> Result<Json<VmOut>, ApiError> {
     Ok(Json(out(&st, &st.mgr.delete(&vm_id).await?)))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct VmFork {
+    /// How many copies (1 … VM_MAX_FORK).
+    #[schema(minimum = 1)]
+    pub count: u32,
+}
+
+/// `count` new VMs continuing from this running VM's memory and disk at this moment (the
+/// source is stopped only for the save); each gets its own id, port and identity.
+#[utoipa::path(post, path = "/vms/{vm_id}/fork", request_body = VmFork, params(WaitQuery),
+    responses((status = 201, body = [VmOut], description = "the new VMs (`provisioning`, or settled with `?wait=true`)"), (status = 404), (status = 409), (status = 422),
+        (status = 507, description = "the node cannot hold the copies (the detail gives the numbers)")))]
+pub async fn fork(
+    State(st): State<AppState>,
+    Path(vm_id): Path<String>,
+    ApiQuery(q): ApiQuery<WaitQuery>,
+    ApiJson(body): ApiJson<VmFork>,
+) -> Result<(StatusCode, Json<Vec<VmOut>>), ApiError> {
+    let children = st.mgr.fork(&vm_id, body.count).await?;
+    let mut outs = Vec::new();
+    for c in children {
+        let rec = if q.wait { st.mgr.wait_settled(&c.id, wait_limit(&st, None)).await? } else { c };
+        outs.push(out(&st, &rec));
+    }
+    Ok((StatusCode::CREATED, Json(outs)))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct VmDuplicate {
+    pub vcpus: u32,
+    pub mem_mib: u32,
+    pub disk_gib: u32,
+    /// Boot the copy at once (default true); false leaves it stopped.
+    #[serde(default = "yes")]
+    pub start: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The original's `duplicate`: a new VM from a stopped VM's disk (copied as it is).
+#[utoipa::path(post, path = "/vms/{vm_id}/duplicate", request_body = VmDuplicate,
+    responses((status = 201, body = VmOut, description = "the new VM"), (status = 404, description = "`Source VM has no disk to duplicate`"), (status = 409), (status = 422)))]
+pub async fn duplicate(
+    State(st): State<AppState>,
+    Path(vm_id): Path<String>,
+    ApiJson(body): ApiJson<VmDuplicate>,
+) -> Result<(StatusCode, Json<VmOut>), ApiError> {
+    let spec =
+        CreateSpec { vcpus: body.vcpus, mem_mib: body.mem_mib, disk_gib: body.disk_gib, base_image: None, timeout_boot_s: None, no_egress: false, ttl_s: None };
+    let rec = st.mgr.duplicate(&vm_id, spec, body.start).await?;
+    Ok((StatusCode::CREATED, Json(out(&st, &rec))))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct VmEnsure {
+    #[schema(minimum = 1)]
+    pub vcpus: u32,
+    #[schema(minimum = 256)]
+    pub mem_mib: u32,
+    #[schema(minimum = 5)]
+    pub disk_gib: u32,
+}
+
+/// The original's `ensure`: the VM as it is, or — its record lost — a `stopped` record for
+/// this id whose next start uses the disk left on this node. Nothing is booted.
+#[utoipa::path(post, path = "/vms/{vm_id}/ensure", request_body = VmEnsure, responses((status = 200, body = VmOut), (status = 404), (status = 422)))]
+pub async fn ensure(State(st): State<AppState>, Path(vm_id): Path<String>, ApiJson(body): ApiJson<VmEnsure>) -> Result<Json<VmOut>, ApiError> {
+    let spec =
+        CreateSpec { vcpus: body.vcpus, mem_mib: body.mem_mib, disk_gib: body.disk_gib, base_image: None, timeout_boot_s: None, no_egress: false, ttl_s: None };
+    Ok(Json(out(&st, &st.mgr.ensure(&vm_id, spec).await?)))
 }

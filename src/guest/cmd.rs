@@ -224,19 +224,22 @@ pub fn tar_gz_of(root: &str) -> Script {
 }
 
 /// A long-lived command runner (see runner.rs): reads `tok len cap\n` + `len` bytes of
-/// script per command from stdin, runs each in a fresh subshell with its output in files
-/// of its own, and answers with marker-framed output. Exits 97 without bash.
+/// script per command from stdin, runs each in a fresh subshell with its output in private
+/// files of its own (removed afterwards, so a background process it leaves cannot write
+/// into the next command's output), and answers with marker-framed output. Exits 97
+/// without bash.
 pub fn runner() -> Script {
     Script::new(
         r#"command -v bash >/dev/null 2>&1 || exit 97
 exec bash -c '
-d=$(mktemp -d /tmp/.vmsvc-run.XXXXXX) || exit 98
-trap "rm -rf \"\$d\"" EXIT
+um=$(umask); umask 077
+d=/tmp/.vmsvc-run.$$
+trap "rm -f \"\$d\".*" EXIT
 printf "\036R\036"
 while IFS=" " read -r tok len cap; do
   IFS= LC_ALL=C read -r -N "$len" cmd || [ "$len" = 0 ] || break
-  o="$d/$tok.o"; e="$d/$tok.e"
-  ( cd ~ 2>/dev/null; eval "$cmd" ) </dev/null >"$o" 2>"$e" &
+  o="$d.$tok.o"; e="$d.$tok.e"
+  ( umask "$um"; cd ~ 2>/dev/null; eval "$cmd" ) </dev/null >"$o" 2>"$e" &
   pid=$!
   printf "\036P%s %s\036" "$tok" "$pid"
   wait "$pid"; rc=$?
@@ -247,6 +250,23 @@ done'
 "#,
         &[],
     )
+}
+
+/// Writes the guest's dirty pages to its disk.
+pub fn sync() -> Script {
+    Script::new("sync", &[])
+}
+
+/// Steps the guest's clock to `epoch` (a resumed guest's clock is the moment it was saved).
+pub fn set_clock(epoch: u64) -> Script {
+    Script::new("date -s @@ > /dev/null", &[Word::arg(&format!("@{epoch}"))])
+}
+
+/// Gives a restored guest its own identity: the image's refresh command (a path from its
+/// manifest) with the new VM id, the host's time, host randomness (hex) and the new SSH
+/// host key (a dropbear key file, base64).
+pub fn refresh(command: &str, vm_id: &str, epoch: u64, seed_hex: &str, host_key_b64: &str) -> Script {
+    Script::new("@@ @@ @@ @@ @@", &[Word::arg(command), Word::arg(vm_id), Word::num(epoch), Word::arg(seed_hex), Word::arg(host_key_b64)])
 }
 
 /// grep options of a search; every user value is one quoted word, the pattern follows `-e`
@@ -298,6 +318,7 @@ mod tests {
     fn holes_take_words_in_order() {
         assert_eq!(Script::new("a @@ b @@", &[Word::arg("x y"), Word::num(3)]).as_str(), "a 'x y' b 3");
         assert_eq!(list_dir("-delete", 2, 10).as_str(), "find ./-delete -maxdepth 2 -printf '%p||%y\\n' 2>/dev/null | head -n 10");
+        assert_eq!(set_clock(1700000000).as_str(), "date -s @1700000000 > /dev/null");
         assert_eq!(empty_dir("/a b").as_str(), "mkdir -p -- '/a b' && find '/a b' -mindepth 1 -maxdepth 1 -exec rm -rf -- {} +");
     }
 
@@ -321,6 +342,8 @@ mod tests {
             tar_gz_of("/x"),
             Script::user("echo hi").with_pidfile(&p),
             runner(),
+            set_clock(1),
+            refresh("/sbin/vm-refresh", "x", 1, "ab", "a2V5"),
         ] {
             assert!(!s.as_str().contains(HOLE), "{s:?}");
         }

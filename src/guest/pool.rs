@@ -61,7 +61,8 @@ struct Conn {
 }
 
 pub struct Pool {
-    target: Target,
+    /// Who new connections must reach (changed once by `retarget`).
+    target: Mutex<Target>,
     conns: tokio::sync::Mutex<Vec<Arc<Conn>>>,
 }
 
@@ -78,6 +79,21 @@ fn config() -> Arc<client::Config> {
 /// Dials the guest, authenticates with the service key, and checks the guest's VM id.
 async fn dial(target: &Target, timeout: Duration) -> Result<Conn, GuestError> {
     dial_over(target, None, timeout).await
+}
+
+/// As `dial`, retried for a few seconds while the guest refuses or drops the connection: a
+/// restored guest restarts its SSH listener with its new host key right after it runs.
+async fn dial_retrying(target: &Target) -> Result<Conn, GuestError> {
+    let t0 = std::time::Instant::now();
+    loop {
+        match dial(target, Duration::from_secs(15)).await {
+            Err(GuestError::Connect(e)) if t0.elapsed() < Duration::from_secs(3) => {
+                tracing::debug!(error = %e, "ssh dial failed; retrying");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// As `dial`, over `stream` when given: a TCP connection to the guest's SSH port whose
@@ -129,11 +145,24 @@ impl Pool {
     /// (spares the guest a second connection set-up, ~70 ms under TCG).
     pub async fn connect_over(target: Target, stream: Option<(tokio::net::TcpStream, Vec<u8>)>, timeout: Duration) -> Result<Pool, GuestError> {
         let conn = dial_over(&target, stream, timeout).await?;
-        Ok(Pool { target, conns: tokio::sync::Mutex::new(vec![Arc::new(conn)]) })
+        Ok(Pool { target: Mutex::new(target), conns: tokio::sync::Mutex::new(vec![Arc::new(conn)]) })
+    }
+
+    fn target(&self) -> Target {
+        self.target.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// From now on new connections must reach VM `vm_id` with `host_key` (a restored guest
+    /// that took its own identity); connections already open stay.
+    pub fn retarget(&self, vm_id: &str, host_key: &str) {
+        let mut t = self.target.lock().unwrap_or_else(|p| p.into_inner());
+        t.vm_id = vm_id.to_string();
+        // A fresh cell: the open connections keep checking against the old key.
+        t.host_key = Arc::new(Mutex::new(Some(host_key.to_string())));
     }
 
     pub fn host_key(&self) -> Option<String> {
-        self.target.host_key.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.target().host_key.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub async fn connection_count(&self) -> usize {
@@ -147,7 +176,7 @@ impl Pool {
             match conn.handle.channel_open_session().await {
                 Ok(channel) => return Ok(Lease { channel, permit }),
                 Err(e) => {
-                    tracing::debug!(vm_id = %self.target.vm_id, attempt, error = %e, "channel open failed; dropping connection");
+                    tracing::debug!(vm_id = %self.target().vm_id, attempt, error = %e, "channel open failed; dropping connection");
                     self.conns.lock().await.retain(|c| !Arc::ptr_eq(c, &conn));
                 }
             }
@@ -165,7 +194,7 @@ impl Pool {
                 }
             }
             if conns.len() < MAX_CONNS {
-                let c = Arc::new(dial(&self.target, Duration::from_secs(15)).await?);
+                let c = Arc::new(dial_retrying(&self.target()).await?);
                 conns.push(c.clone());
                 let p = c.permits.clone().try_acquire_owned().map_err(|e| GuestError::Connect(e.to_string()))?;
                 return Ok((c, p));

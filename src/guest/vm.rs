@@ -32,6 +32,11 @@ impl GuestVm {
         self.pool.host_key()
     }
 
+    /// The guest took a new identity (a restored copy): new connections expect it.
+    pub fn retarget(&self, vm_id: &str, host_key: &str) {
+        self.pool.retarget(vm_id, host_key)
+    }
+
     /// SSH connections and channels open now.
     pub async fn usage(&self) -> (usize, usize) {
         (self.pool.connection_count().await, self.pool.open_channels().await)

@@ -1,5 +1,5 @@
 //! Lifecycle operations: create, start, stop, reboot, delete; adoption at start-up.
-use super::boot::blocking;
+use super::boot::{blocking, Start};
 use super::{lock, Live, Manager, ManagerError, Result, Slot};
 use crate::guest::pool::Target;
 use crate::model::{now, VmRecord, VmState};
@@ -29,7 +29,7 @@ fn invalid(field: &str, message: impl Into<String>) -> ManagerError {
 }
 
 impl Manager {
-    fn try_op(&self, slot: &Arc<Slot>, name: &'static str) -> Result<OwnedMutexGuard<()>> {
+    pub(crate) fn try_op(&self, slot: &Arc<Slot>, name: &'static str) -> Result<OwnedMutexGuard<()>> {
         match slot.op.clone().try_lock_owned() {
             Ok(g) => {
                 *lock(&slot.op_name) = name;
@@ -46,14 +46,14 @@ impl Manager {
     /// `try_op` for an operation that boots: its cancel token is in place from the moment
     /// the lock is held, so a stop/delete arriving before the boot task runs still cancels it
     /// (instead of waiting for a whole boot).
-    fn try_boot_op(&self, slot: &Arc<Slot>, name: &'static str) -> Result<(OwnedMutexGuard<()>, CancellationToken)> {
+    pub(crate) fn try_boot_op(&self, slot: &Arc<Slot>, name: &'static str) -> Result<(OwnedMutexGuard<()>, CancellationToken)> {
         let guard = self.try_op(slot, name)?;
         let cancel = CancellationToken::new();
         *lock(&slot.cancel) = Some(cancel.clone());
         Ok((guard, cancel))
     }
 
-    async fn preempt(&self, slot: &Arc<Slot>, name: &'static str) -> OwnedMutexGuard<()> {
+    pub(crate) async fn preempt(&self, slot: &Arc<Slot>, name: &'static str) -> OwnedMutexGuard<()> {
         if let Some(c) = lock(&slot.cancel).as_ref() {
             c.cancel();
         }
@@ -64,7 +64,7 @@ impl Manager {
 
     /// Records `state` with `reason` as error_reason, clears the SSH port (no QEMU serves it
     /// any more), and announces the transition once it is stored.
-    async fn set_state(&self, id: &str, state: VmState, reason: Option<String>) -> Result<Option<VmRecord>> {
+    pub(crate) async fn set_state(&self, id: &str, state: VmState, reason: Option<String>) -> Result<Option<VmRecord>> {
         let stored = reason.clone();
         let rec = self
             .catalog
@@ -81,14 +81,21 @@ impl Manager {
         Ok(rec)
     }
 
-    pub fn check_capacity(&self, spec: &CreateSpec) -> Result<()> {
+    /// vcpus and mem_mib within this node's per-VM maxima (422 naming the field).
+    pub fn check_shape(&self, vcpus: u32, mem_mib: u32) -> Result<()> {
         let c = &self.cfg;
-        if spec.vcpus < 1 || spec.vcpus > c.max_vcpus {
+        if vcpus < 1 || vcpus > c.max_vcpus {
             return Err(invalid("vcpus", format!("vcpus must be between 1 and {}", c.max_vcpus)));
         }
-        if spec.mem_mib < 256 || spec.mem_mib > c.max_mem_mib {
+        if mem_mib < 256 || mem_mib > c.max_mem_mib {
             return Err(invalid("mem_mib", format!("mem_mib must be between 256 and {}", c.max_mem_mib)));
         }
+        Ok(())
+    }
+
+    pub fn check_capacity(&self, spec: &CreateSpec) -> Result<()> {
+        self.check_shape(spec.vcpus, spec.mem_mib)?;
+        let c = &self.cfg;
         if spec.disk_gib < 5 || spec.disk_gib > c.max_disk_gib {
             return Err(invalid("disk_gib", format!("disk_gib must be between 5 and {}", c.max_disk_gib)));
         }
@@ -98,6 +105,8 @@ impl Manager {
         Ok(())
     }
 
+    /// A new VM: restored from a warm snapshot of its image and shape when one fits, else
+    /// booted. Answers at once with the record (`provisioning`).
     pub async fn create(self: &Arc<Self>, spec: CreateSpec) -> Result<VmRecord> {
         let t0 = Instant::now();
         self.check_capacity(&spec)?;
@@ -107,20 +116,82 @@ impl Manager {
             None => BaseImage::resolve(&self.cfg.base_image, &self.cfg.images_dir()).map(|_| ()),
         }
         .map_err(|e| invalid("base_image", e.to_string()))?;
+        let image_name = self.image_name(base.as_deref());
+        use super::snapshot::NoSnapshot;
+        let found = match &image_name {
+            Some(n) => self.snapshot_for(n, spec.vcpus, spec.mem_mib, spec.no_egress).await,
+            None => Err(NoSnapshot::None("the default image is not under VM_BASE_DIR/images".into())),
+        };
+        let (start, unusable) = match found {
+            Ok(start) => (start, None),
+            Err(NoSnapshot::Unusable(why)) => (Start::Cold, Some(why)),
+            Err(NoSnapshot::None(why)) => {
+                tracing::debug!(why, "cold boot");
+                if let (super::snapshot::Policy::Auto, Some(n), false) = (self.snapshot_policy, &image_name, spec.no_egress) {
+                    self.make_snapshot_later(n, spec.vcpus, spec.mem_mib);
+                }
+                (Start::Cold, None)
+            }
+        };
+        let rec = self.add_vm(&spec, base, Some(start), None, Some(t0)).await?;
+        if let Some(why) = unusable {
+            tracing::info!(vm_id = %rec.id, why, "snapshot not used; cold boot");
+            self.emit_step(&rec.id, "snapshot_not_used", Some(format!("cold boot: {why}")));
+        }
+        Ok(rec)
+    }
+
+    /// The first create of a shape under VM_SNAPSHOTS=auto: its snapshot is made in the
+    /// background for the next ones (once; a build already under way is left alone).
+    fn make_snapshot_later(self: &Arc<Self>, image: &str, vcpus: u32, mem_mib: u32) {
+        let (me, image) = (self.clone(), image.to_string());
+        tokio::spawn(async move {
+            match me.make_snapshot(&image, vcpus, mem_mib).await {
+                Ok(_) | Err(ManagerError::Conflict(_)) => {}
+                Err(e) => tracing::warn!(image, vcpus, mem_mib, error = %e, "could not make a snapshot (VM_SNAPSHOTS=auto)"),
+            }
+        });
+    }
+
+    /// Records a new VM and brings it up as `start` says (None: left stopped). `disk_from`:
+    /// a disk to copy as its overlay (a duplicate).
+    pub(crate) async fn add_vm(
+        self: &Arc<Self>,
+        spec: &CreateSpec,
+        base: Option<String>,
+        start: Option<Start>,
+        disk_from: Option<std::path::PathBuf>,
+        t0: Option<Instant>,
+    ) -> Result<VmRecord> {
         let id = uuid::Uuid::new_v4().to_string();
         tracing::Span::current().record("vm_id", id.as_str());
-        let _admitted = self.admit(&id, spec.mem_mib, spec.vcpus).await?;
+        let _admitted = match start {
+            Some(_) => Some(self.admit(&id, spec.mem_mib, spec.vcpus).await?),
+            None => None,
+        };
         let f = self.files(&id);
         // Held before the record exists: no other operation can come between the create and
         // its boot.
         let slot = self.slot(&id);
         let (guard, cancel) = self.try_boot_op(&slot, "create")?;
-        let dir = f.dir.clone();
-        blocking(move || crate::util::private_dir(&dir).map_err(|e| ManagerError::Internal(format!("creating {}: {e}", dir.display())))).await?;
+        let (dir, overlay) = (f.dir.clone(), f.overlay.clone());
+        let made = blocking(move || {
+            crate::util::private_dir(&dir).map_err(|e| ManagerError::Internal(format!("creating {}: {e}", dir.display())))?;
+            if let Some(src) = disk_from {
+                std::fs::copy(&src, &overlay).map_err(|e| ManagerError::Internal(format!("copying {}: {e}", src.display())))?;
+            }
+            Ok(())
+        })
+        .await;
+        if let Err(e) = made {
+            let _ = tokio::fs::remove_dir_all(&f.dir).await;
+            lock(&self.slots).remove(&id);
+            return Err(e);
+        }
         let t = now();
         let rec = VmRecord {
             id: id.clone(),
-            state: VmState::Provisioning,
+            state: if start.is_some() { VmState::Provisioning } else { VmState::Stopped },
             workdir: f.dir.to_string_lossy().into_owned(),
             vcpus: spec.vcpus,
             mem_mib: spec.mem_mib,
@@ -137,18 +208,35 @@ impl Manager {
             host_key: None,
             no_egress: spec.no_egress,
             expires_at: spec.ttl_s.map(|s| t + s as f64),
+            booted_from: None,
         };
         if let Err(e) = self.catalog.put(rec.clone()).await {
             let _ = tokio::fs::remove_dir_all(&f.dir).await;
             lock(&self.slots).remove(&id);
             return Err(e.into());
         }
-        self.emit_state(&id, VmState::Provisioning, Some("created".into()));
-        self.spawn_boot(&id, guard, cancel, spec.timeout_boot_s, Some(t0));
+        match start {
+            Some(start) => {
+                self.emit_state(&id, VmState::Provisioning, Some("created".into()));
+                self.spawn_boot(&id, guard, cancel, spec.timeout_boot_s, t0, start);
+            }
+            None => {
+                *lock(&slot.cancel) = None;
+                self.emit_state(&id, VmState::Stopped, Some("created".into()));
+            }
+        }
         Ok(self.get(&id).await.unwrap_or(rec))
     }
 
-    fn spawn_boot(self: &Arc<Self>, id: &str, guard: OwnedMutexGuard<()>, cancel: CancellationToken, timeout_override: Option<u64>, t0: Option<Instant>) {
+    pub(crate) fn spawn_boot(
+        self: &Arc<Self>,
+        id: &str,
+        guard: OwnedMutexGuard<()>,
+        cancel: CancellationToken,
+        timeout_override: Option<u64>,
+        t0: Option<Instant>,
+        start: Start,
+    ) {
         let me = self.clone();
         let id = id.to_string();
         let slot = self.slot(&id);
@@ -157,8 +245,8 @@ impl Manager {
             async move {
                 let _guard = guard;
                 let res = match timeout_override {
-                    Some(s) => me.boot_with_timeout(&id, cancel.clone(), s).await,
-                    None => me.boot(&id, cancel.clone()).await,
+                    Some(s) => me.boot_with_timeout(&id, cancel.clone(), s, start).await,
+                    None => me.boot(&id, cancel.clone(), start).await,
                 };
                 match res {
                     Ok(()) => {
@@ -199,7 +287,7 @@ impl Manager {
         }
     }
 
-    async fn boot_with_timeout(self: &Arc<Self>, id: &str, cancel: CancellationToken, secs: u64) -> Result<()> {
+    async fn boot_with_timeout(self: &Arc<Self>, id: &str, cancel: CancellationToken, secs: u64, start: Start) -> Result<()> {
         // A per-VM boot timeout cancels a child of the op's token, so a boot that ran out of
         // time is told apart from one a stop or delete cancelled.
         let run = cancel.child_token();
@@ -210,7 +298,7 @@ impl Manager {
             timer_fired.store(true, std::sync::atomic::Ordering::SeqCst);
             timer_tok.cancel();
         });
-        let r = self.boot(id, run).await;
+        let r = self.boot(id, run, start).await;
         timer.abort();
         match r {
             Err(ManagerError::Busy(_)) if fired.load(std::sync::atomic::Ordering::SeqCst) && !cancel.is_cancelled() => {
@@ -223,6 +311,10 @@ impl Manager {
     #[tracing::instrument(name = "vm.start", skip_all, fields(vm_id = %id))]
     pub async fn start(self: &Arc<Self>, id: &str) -> Result<VmRecord> {
         let rec = self.get(id).await?;
+        if rec.state == VmState::Paused {
+            // A paused VM starts where it was.
+            return self.resume(id).await;
+        }
         let slot = self.slot(id);
         let (guard, cancel) = self.try_boot_op(&slot, "start")?;
         if matches!(rec.state, VmState::Running | VmState::Provisioning) {
@@ -247,12 +339,17 @@ impl Manager {
             )
             .await?;
         self.emit_state(id, VmState::Provisioning, Some("start".into()));
-        self.spawn_boot(id, guard, cancel, None, None);
+        self.spawn_boot(id, guard, cancel, None, None, Start::Cold);
         self.get(id).await
     }
 
     async fn stop_locked(&self, id: &str, cleanup_disks: bool) -> Result<VmRecord> {
         self.kill_running(id, Duration::from_secs(15)).await;
+        // A paused VM's saved memory goes with a stop: its next start boots its disk.
+        self.forget_saved(id).await;
+        if let Err(e) = self.settle_disk(id).await {
+            tracing::warn!(vm_id = %id, error = %e, "could not settle the disk's name after a fork");
+        }
         if cleanup_disks {
             let f = self.files(id);
             for p in [&f.overlay, &f.seed, &f.console, &f.qemu_log, &f.pidfile] {
@@ -276,6 +373,7 @@ impl Manager {
         let slot = self.slot(id);
         let (guard, cancel) = self.try_boot_op(&slot, "reboot")?;
         self.kill_running(id, Duration::from_secs(15)).await;
+        self.forget_saved(id).await;
         self.catalog
             .update(
                 id,
@@ -287,7 +385,7 @@ impl Manager {
             )
             .await?;
         self.emit_state(id, VmState::Provisioning, Some("reboot".into()));
-        self.spawn_boot(id, guard, cancel, None, None);
+        self.spawn_boot(id, guard, cancel, None, None, Start::Cold);
         self.get(id).await
     }
 

@@ -9,7 +9,10 @@ pub mod console;
 mod events;
 pub mod expiry;
 pub mod guest_ops;
+mod layers;
 pub mod lifecycle;
+pub mod pause;
+pub mod snapshot;
 pub mod stats;
 mod watch;
 
@@ -36,6 +39,9 @@ use tokio_util::sync::CancellationToken;
 pub enum ManagerError {
     #[error("VM not found")]
     NotFound,
+    /// Something other than a VM was not found (an image, a snapshot, a VM's disk).
+    #[error("{0}")]
+    NotFoundWhat(String),
     #[error("VM is not running")]
     NotRunning,
     #[error("VM is busy: {0}")]
@@ -77,7 +83,7 @@ pub enum ErrorKind {
 impl ManagerError {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            ManagerError::NotFound | ManagerError::Guest(GuestError::NotFound(_)) => ErrorKind::NotFound,
+            ManagerError::NotFound | ManagerError::NotFoundWhat(_) | ManagerError::Guest(GuestError::NotFound(_)) => ErrorKind::NotFound,
             ManagerError::NotRunning | ManagerError::Busy(_) | ManagerError::Conflict(_) => ErrorKind::Conflict,
             ManagerError::Invalid { .. } => ErrorKind::Invalid,
             ManagerError::Capacity(_) => ErrorKind::Capacity,
@@ -150,6 +156,12 @@ pub struct Manager {
     pending: capacity::Pending,
     pub(crate) events: broadcast::Sender<Event>,
     pub stats: stats::NodeStats,
+    pub(crate) snapshot_policy: snapshot::Policy,
+    qemu_version: OnceCell<String>,
+    /// One snapshot build per image and shape at a time.
+    snapshot_builds: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Held while disk layers are made or removed.
+    layers_lock: tokio::sync::Mutex<()>,
 }
 
 pub struct VmFiles {
@@ -165,6 +177,7 @@ pub struct VmFiles {
 impl Manager {
     pub fn new(cfg: Arc<Resolved>, catalog: Arc<dyn Catalog>, pubkey: String, key: PrivateKey) -> Arc<Manager> {
         let (events, _) = broadcast::channel(1024);
+        let cfg_policy = cfg.snapshots;
         Arc::new(Manager {
             ports: PortPool::new(cfg.port_range.clone()),
             cfg,
@@ -179,6 +192,10 @@ impl Manager {
             pending: Default::default(),
             events,
             stats: stats::NodeStats::default(),
+            snapshot_policy: cfg_policy,
+            qemu_version: OnceCell::new(),
+            snapshot_builds: Default::default(),
+            layers_lock: Default::default(),
         })
     }
 

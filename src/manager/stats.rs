@@ -95,6 +95,9 @@ pub struct NodeStats {
     pub registry: Registry,
     pub create_seconds: Histogram,
     pub boot_seconds: Histogram,
+    pub restore_seconds: Histogram,
+    pub pause_seconds: Histogram,
+    pub resume_seconds: Histogram,
     pub requests: Family<RouteLabels, Counter>,
     pub request_seconds: Family<RouteOnly, Histogram>,
 }
@@ -104,13 +107,19 @@ impl Default for NodeStats {
         let mut registry = Registry::with_prefix("vm_service");
         let create_seconds = Histogram::new(exponential_buckets(0.5, 1.6, 12));
         let boot_seconds = Histogram::new(exponential_buckets(0.5, 1.6, 12));
+        let restore_seconds = Histogram::new(exponential_buckets(0.05, 1.6, 14));
+        let pause_seconds = Histogram::new(exponential_buckets(0.05, 1.6, 14));
+        let resume_seconds = Histogram::new(exponential_buckets(0.05, 1.6, 14));
         let requests = Family::<RouteLabels, Counter>::default();
         let request_seconds = Family::<RouteOnly, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16)));
         registry.register("create_duration_seconds", "Create request to running", create_seconds.clone());
         registry.register("boot_duration_seconds", "Boot (QEMU start to SSH ready) duration", boot_seconds.clone());
+        registry.register("restore_duration_seconds", "Restore from a snapshot or fork, to SSH ready with its own identity", restore_seconds.clone());
+        registry.register("pause_duration_seconds", "Pause: memory saved and QEMU gone", pause_seconds.clone());
+        registry.register("resume_duration_seconds", "Resume of a paused VM, to SSH ready", resume_seconds.clone());
         registry.register("http_requests", "API requests by route and status", requests.clone());
         registry.register("http_request_duration_seconds", "API request latency by route", request_seconds.clone());
-        NodeStats { registry, create_seconds, boot_seconds, requests, request_seconds }
+        NodeStats { registry, create_seconds, boot_seconds, restore_seconds, pause_seconds, resume_seconds, requests, request_seconds }
     }
 }
 
@@ -120,6 +129,15 @@ impl NodeStats {
     }
     pub fn observe_boot(&self, s: f64) {
         self.boot_seconds.observe(s);
+    }
+    pub fn observe_restore(&self, s: f64) {
+        self.restore_seconds.observe(s);
+    }
+    pub fn observe_pause(&self, s: f64) {
+        self.pause_seconds.observe(s);
+    }
+    pub fn observe_resume(&self, s: f64) {
+        self.resume_seconds.observe(s);
     }
 }
 

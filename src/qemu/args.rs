@@ -63,6 +63,8 @@ pub struct LaunchSpec {
     pub no_egress: bool,
     /// `-sandbox on` (seccomp), when the QEMU build supports it.
     pub sandbox: bool,
+    /// Start paused, waiting for a saved state over QMP (`migrate-incoming`).
+    pub incoming: bool,
 }
 
 fn s(v: &str) -> String {
@@ -154,6 +156,14 @@ pub fn build(spec: &LaunchSpec) -> Result<Vec<String>, QemuError> {
     if spec.boot == Boot::Disk && spec.arch == Arch::X86_64 {
         a.extend([s("-device"), s("virtio-rng-pci")]);
     }
+    if spec.arch == Arch::X86_64 {
+        // A generation id that changes when a saved guest is restored: the guest kernel then
+        // reseeds its RNG, so clones of one snapshot do not share random numbers.
+        a.extend([s("-device"), s("vmgenid,guid=auto")]);
+    }
+    if spec.incoming {
+        a.extend([s("-incoming"), s("defer")]);
+    }
     Ok(a)
 }
 
@@ -198,6 +208,7 @@ mod tests {
             uefi: Some("/fw/QEMU_EFI.fd".into()),
             no_egress: false,
             sandbox: false,
+            incoming: false,
         }
     }
 
@@ -227,6 +238,8 @@ mod tests {
         assert!(has_pair(&a, "-drive", "file=/w/disk.qcow2,if=none,id=d0,format=qcow2,discard=unmap"));
         assert!(has_pair(&a, "-drive", "file=/w/seed.img,if=none,id=d1,format=raw,readonly=on"));
         assert!(has_pair(&a, "-device", "virtio-rng-pci"));
+        assert!(has_pair(&a, "-device", "vmgenid,guid=auto"));
+        assert!(!a.contains(&"-incoming".to_string()));
         assert!(!a.contains(&"-kernel".to_string()));
         assert!(!a.iter().any(|x| x.contains("kvm")));
         let d0 = a.iter().position(|x| x.contains("id=d0")).unwrap();
@@ -266,6 +279,13 @@ mod tests {
         let a = build(&sp).unwrap();
         assert!(has_pair(&a, "-netdev", "user,id=n0,hostfwd=tcp:127.0.0.1:40022-:22,restrict=on"));
         assert!(a.windows(2).any(|w| w[0] == "-sandbox" && w[1].starts_with("on,")));
+    }
+
+    #[test]
+    fn a_restore_waits_for_its_state() {
+        let mut sp = spec(Arch::X86_64, Accel::Tcg, Boot::Disk);
+        sp.incoming = true;
+        assert!(has_pair(&build(&sp).unwrap(), "-incoming", "defer"));
     }
 
     #[test]

@@ -21,6 +21,12 @@ pub struct Manifest {
     pub cpu: Option<String>,
     #[serde(default)]
     pub ready_marker: Option<String>,
+    /// The guest command that gives a restored copy its own identity (`vm-refresh ID EPOCH
+    /// SEED`); images without one are never snapshotted.
+    #[serde(default)]
+    pub refresh: Option<String>,
+    #[serde(default)]
+    pub source_hash: Option<String>,
 }
 
 fn default_arch() -> String {
@@ -43,9 +49,26 @@ pub struct BaseImage {
     pub cpu: Option<String>,
     pub ready_marker: Option<String>,
     pub ssh_user: Option<String>,
+    pub refresh: Option<String>,
+    pub source_hash: Option<String>,
 }
 
 impl BaseImage {
+    /// A disk that boots its own bootloader, with nothing else known about it.
+    fn plain(disk: PathBuf) -> BaseImage {
+        BaseImage { disk, boot: Boot::Disk, machine: None, cpu: None, ready_marker: None, ssh_user: None, refresh: None, source_hash: None }
+    }
+
+    /// What identifies this image's content for a snapshot: its source hash, else the
+    /// disk's size and modification time.
+    pub fn identity(&self) -> String {
+        let stamp = std::fs::metadata(&self.disk).map(|m| format!("{}:{:?}", m.len(), m.modified().ok())).unwrap_or_default();
+        match &self.source_hash {
+            Some(h) => format!("{}|{h}|{stamp}", self.disk.display()),
+            None => format!("{}|{stamp}", self.disk.display()),
+        }
+    }
+
     /// An image by its name: a directory under `images_dir` with a manifest.json (or, for a
     /// disk that boots its own bootloader, only a disk.qcow2). Nothing else is taken — a
     /// request can never point QEMU at an arbitrary host file.
@@ -62,7 +85,7 @@ impl BaseImage {
         if !dir.join("manifest.json").is_file() {
             let disk = dir.join("disk.qcow2");
             if disk.is_file() {
-                return Ok(BaseImage { disk, boot: Boot::Disk, machine: None, cpu: None, ready_marker: None, ssh_user: None });
+                return Ok(BaseImage::plain(disk));
             }
         }
         Self::resolve(&dir.to_string_lossy(), images_dir)
@@ -111,10 +134,19 @@ impl BaseImage {
                     },
                     None => Boot::Disk,
                 };
-                Ok(BaseImage { disk, boot, machine: m.machine, cpu: m.cpu, ready_marker: m.ready_marker, ssh_user: m.ssh_user })
+                Ok(BaseImage {
+                    disk,
+                    boot,
+                    machine: m.machine,
+                    cpu: m.cpu,
+                    ready_marker: m.ready_marker,
+                    ssh_user: m.ssh_user,
+                    refresh: m.refresh,
+                    source_hash: m.source_hash,
+                })
             }
             _ => match disk {
-                Some(disk) => Ok(BaseImage { disk, boot: Boot::Disk, machine: None, cpu: None, ready_marker: None, ssh_user: None }),
+                Some(disk) => Ok(BaseImage::plain(disk)),
                 None => Err(QemuError::Image(format!("{} has no manifest.json", dir.display()))),
             },
         }

@@ -26,6 +26,27 @@ pub fn qcow2_virtual_size(image: &Path) -> Result<Option<u64>, QemuError> {
     Ok(Some(u64::from_be_bytes(head[24..32].try_into().unwrap_or_default())))
 }
 
+/// The backing file a qcow2 image names (absolute, as the service writes them), None when
+/// it has none or is not qcow2.
+pub fn qcow2_backing(image: &Path) -> Result<Option<std::path::PathBuf>, QemuError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(image).map_err(io_err(format!("opening {}", image.display())))?;
+    let mut head = [0u8; 20];
+    if f.read_exact(&mut head).is_err() || &head[..4] != b"QFI\xfb" {
+        return Ok(None);
+    }
+    let off = u64::from_be_bytes(head[8..16].try_into().unwrap_or_default());
+    let len = u32::from_be_bytes(head[16..20].try_into().unwrap_or_default()) as usize;
+    if off == 0 || len == 0 || len > MAX_BACKING_NAME {
+        return Ok(None);
+    }
+    let mut name = vec![0u8; len];
+    f.seek(SeekFrom::Start(off)).and_then(|_| f.read_exact(&mut name)).map_err(io_err(format!("reading {}", image.display())))?;
+    let name = String::from_utf8_lossy(&name).into_owned();
+    let p = std::path::PathBuf::from(&name);
+    Ok(Some(if p.is_absolute() { p } else { image.parent().unwrap_or(Path::new("/")).join(p) }))
+}
+
 /// An empty qcow2 v3 image of `size` bytes backed by `backing` (a qcow2 file): header with
 /// the backing format extension and the backing name in cluster 0, refcount table in 1,
 /// refcount block in 2, L1 table from 3.
@@ -243,6 +264,17 @@ mod tests {
         qemu_io(&ov, &["write -P 0xab 4G 1M", "read -P 0xab 4G 1M", "read -P 0 0 1M"]);
         let (ok, out) = qemu_img(&["check"], &ov);
         assert!(ok, "after writes: {out}");
+    }
+
+    #[tokio::test]
+    async fn the_backing_name_is_read_back() {
+        let dir = Scratch::new("chain");
+        let base = dir.path().join("base.qcow2");
+        assert!(StdCommand::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&base).arg("64M").status().unwrap().success());
+        let ov = dir.path().join("ov.qcow2");
+        create("unused", &base, &ov, 5).await.unwrap();
+        assert_eq!(qcow2_backing(&ov).unwrap(), Some(base.clone()));
+        assert_eq!(qcow2_backing(&base).unwrap(), None);
     }
 
     #[test]

@@ -1,0 +1,247 @@
+//! Warm snapshots, pause/resume and fork on real QEMU guests (TCG): what a user checks —
+//! restored copies are VMs of their own (id, hostname, host key, randomness, clock), paused
+//! VMs keep their processes and files across a pause and a service restart, forks continue
+//! from the source's memory and disk while the source runs on.
+mod common;
+use common::*;
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+fn host_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// What a guest says about itself: vm-id, hostname, its clock, 16 random bytes, a hash of
+/// its SSH host key.
+async fn identity(s: &Service, id: &str) -> Vec<String> {
+    let v = s
+        .exec(id, "cat /etc/vm-id; hostname; date +%s; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; sha256sum /etc/dropbear/dropbear_ed25519_host_key | cut -c1-16")
+        .await;
+    assert_eq!(v["exit_code"], 0, "{v}");
+    v["stdout"].as_str().unwrap().lines().map(str::to_string).collect()
+}
+
+async fn create(s: &Service) -> Value {
+    let (st, v) = s.post("/vms?wait=true", json!({"vcpus": 1, "mem_mib": 256, "disk_gib": 5})).await;
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(v["state"], "running", "{v}\n{}", s.log());
+    v
+}
+
+#[tokio::test]
+async fn clones_of_a_warm_snapshot_are_vms_of_their_own() {
+    let mut s = Service::start(Opts { extra: vec![("VM_ACCEL".into(), "tcg".into())], ..Default::default() }).await;
+    let (st, snap) = s.post("/images/tiny/snapshots", json!({"vcpus": 1, "mem_mib": 256})).await;
+    assert_eq!(st, 201, "{snap}\n{}", s.log());
+    assert_eq!(snap["usable"], true, "{snap}");
+    let (_, list) = s.get("/images/tiny/snapshots").await;
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    let (st, v) = s.post("/images/nope/snapshots", json!({"vcpus": 1, "mem_mib": 256})).await;
+    assert_eq!(st, 422, "{v}");
+
+    let a = create(&s).await;
+    let b = create(&s).await;
+    let (a, b) = (a["id"].as_str().unwrap().to_string(), b["id"].as_str().unwrap().to_string());
+    for id in [&a, &b] {
+        assert_eq!(s.get(&format!("/vms/{id}")).await.1["booted_from"], "snapshot");
+    }
+    let (ia, ib) = (identity(&s, &a).await, identity(&s, &b).await);
+    assert_eq!((ia[0].as_str(), ia[1].as_str()), (a.as_str(), a.as_str()), "{ia:?}");
+    assert_eq!((ib[0].as_str(), ib[1].as_str()), (b.as_str(), b.as_str()), "{ib:?}");
+    for i in [&ia, &ib] {
+        let skew = (i[2].parse::<i64>().unwrap() - host_now()).abs();
+        assert!(skew <= 2, "the restored clock is {skew} s off the host's");
+    }
+    assert_ne!(ia[3], ib[3], "two clones drew the same random bytes");
+    assert_ne!(ia[4], ib[4], "two clones share an SSH host key");
+    // Disks are their own.
+    s.exec(&a, "echo only-a > /root/mine").await;
+    assert_eq!(s.exec(&b, "cat /root/mine 2>/dev/null || echo absent").await["stdout"], "absent\n");
+
+    // New SSH connections reach each clone under its new identity and key: a restarted
+    // service adopts both (banner = new id, pinned key = new key).
+    s.kill9();
+    s.spawn().await;
+    for id in [&a, &b] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while s.get(&format!("/vms/{id}")).await.1["state"] != "running" {
+            assert!(Instant::now() < deadline, "{id} not adopted:\n{}", s.log());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(s.exec(id, "cat /etc/vm-id").await["stdout"], format!("{id}\n"));
+    }
+    for id in [&a, &b] {
+        assert_eq!(s.call(Method::DELETE, &format!("/vms/{id}"), None).await.0, 200);
+    }
+    assert_eq!(s.get("/images/tiny/snapshots").await.1.as_array().unwrap().len(), 1, "deleting clones keeps the snapshot");
+}
+
+#[tokio::test]
+async fn a_restore_that_fails_boots_cold_and_says_why() {
+    let s = Service::start(Opts { extra: vec![("VM_ACCEL".into(), "tcg".into())], ..Default::default() }).await;
+    let (st, snap) = s.post("/images/tiny/snapshots", json!({"vcpus": 1, "mem_mib": 256})).await;
+    assert_eq!(st, 201, "{snap}");
+    // Same size, garbage inside: only QEMU can tell.
+    let state = s.base.join("snapshots/tiny/1c256m/state.bin");
+    let len = std::fs::metadata(&state).unwrap().len();
+    std::fs::write(&state, vec![0x5a; len as usize]).unwrap();
+    let ev = s.client.get(s.url("/events")).bearer_auth(TOKEN).send().await.unwrap();
+    let mut events = SseReader::new(ev);
+    let v = create(&s).await;
+    let id = v["id"].as_str().unwrap();
+    assert_eq!(v["booted_from"], "cold", "{v}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let why = loop {
+        let (kind, data) = tokio::time::timeout_at(deadline.into(), events.next()).await.expect("no restore_failed step").unwrap();
+        if kind == "step" && data["step"] == "restore_failed" && data["vm_id"] == id {
+            break data["detail"].as_str().unwrap().to_string();
+        }
+    };
+    assert!(why.starts_with("cold boot instead:"), "{why}");
+    assert_eq!(s.exec(id, "cat /etc/vm-id").await["stdout"], format!("{id}\n"));
+}
+
+#[tokio::test]
+async fn a_paused_vm_keeps_its_processes_across_a_service_restart() {
+    let mut s = Service::start(Opts { extra: vec![("VM_ACCEL".into(), "tcg".into())], ..Default::default() }).await;
+    let v = create(&s).await;
+    let id = v["id"].as_str().unwrap().to_string();
+    let pid =
+        s.exec(&id, "setsid sleep 1000 < /dev/null > /dev/null 2>&1 & echo $!; echo kept > /root/before").await["stdout"].as_str().unwrap().trim().to_string();
+    let actions = format!("/vms/{id}/actions");
+
+    let (st, p) = s.post(&actions, json!({"action": "pause"})).await;
+    assert_eq!(st, 200, "{p}");
+    assert_eq!((p["state"].as_str(), p["ssh_port"].clone()), (Some("paused"), Value::Null), "{p}");
+    assert!(qemus_under(&s.base).is_empty(), "QEMU still runs for a paused VM");
+    assert!(s.base.join("vms").join(&id).join("state.bin").is_file());
+    let (_, ex) = s.post(&format!("/vms/{id}/execute-sh"), json!({"command": "true"})).await;
+    assert_eq!((ex["ok"].clone(), ex["reason"].clone()), (json!(false), json!("VM is not running")));
+    let (st, again) = s.post(&actions, json!({"action": "pause"})).await;
+    assert_eq!(st, 409, "{again}");
+    assert!(again["detail"].as_str().unwrap().contains("paused"), "{again}");
+
+    // A paused VM survives the service's kill -9.
+    s.kill9();
+    s.spawn().await;
+    assert_eq!(s.get(&format!("/vms/{id}")).await.1["state"], "paused");
+
+    let (st, r) = s.post(&format!("{actions}?wait=true"), json!({"action": "resume"})).await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!((r["state"].as_str(), r["booted_from"].as_str()), (Some("running"), Some("resume")), "{r}\n{}", s.log());
+    let v = s.exec(&id, &format!("kill -0 {pid} && echo alive; cat /root/before; date +%s")).await;
+    let out: Vec<&str> = v["stdout"].as_str().unwrap().lines().collect();
+    assert_eq!(&out[..2], ["alive", "kept"], "{v}");
+    assert!((out[2].parse::<i64>().unwrap() - host_now()).abs() <= 2, "clock not stepped: {v}");
+    assert!(!s.base.join("vms").join(&id).join("state.bin").exists(), "the saved state stays after a resume");
+    let (st, again) = s.post(&actions, json!({"action": "resume"})).await;
+    assert_eq!(st, 409, "resume of a running VM: {again}");
+
+    // A truncated saved state: resume answers why, the VM stays paused with its disk.
+    let (st, _) = s.post(&actions, json!({"action": "pause"})).await;
+    assert_eq!(st, 200);
+    let state = s.base.join("vms").join(&id).join("state.bin");
+    let f = std::fs::OpenOptions::new().write(true).open(&state).unwrap();
+    f.set_len(1000).unwrap();
+    let (st, r) = s.post(&actions, json!({"action": "resume"})).await;
+    assert_eq!(st, 409, "{r}");
+    assert!(r["detail"].as_str().unwrap().contains("state.bin"), "{r}");
+    assert_eq!(s.get(&format!("/vms/{id}")).await.1["state"], "paused");
+    assert!(s.base.join("vms").join(&id).join("disk.qcow2").is_file());
+    // Deleting a paused VM removes its saved state with the rest.
+    assert_eq!(s.call(Method::DELETE, &format!("/vms/{id}"), None).await.0, 200);
+    assert!(!s.base.join("vms").join(&id).exists());
+}
+
+#[tokio::test]
+async fn forks_continue_from_the_source_which_runs_on() {
+    let s = Service::start(Opts { extra: vec![("VM_ACCEL".into(), "tcg".into())], ..Default::default() }).await;
+    let v = create(&s).await;
+    let src = v["id"].as_str().unwrap().to_string();
+    let pid = s.exec(&src, "setsid sleep 1000 < /dev/null > /dev/null 2>&1 & echo $!; echo from-source > /root/shared").await["stdout"]
+        .as_str()
+        .unwrap()
+        .trim()
+        .to_string();
+    for bad in [0, 1000] {
+        let (st, e) = s.post(&format!("/vms/{src}/fork"), json!({"count": bad})).await;
+        assert_eq!(st, 422, "count {bad}: {e}");
+        assert_eq!(e["detail"][0]["loc"], json!(["body", "count"]));
+    }
+    let (st, kids) = s.post(&format!("/vms/{src}/fork?wait=true"), json!({"count": 2})).await;
+    assert_eq!(st, 201, "{kids}\n{}", s.log());
+    let kids: Vec<String> = kids
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            assert_eq!((k["state"].as_str(), k["booted_from"].as_str()), (Some("running"), Some("fork")), "{k}");
+            k["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    for k in &kids {
+        let v = s.exec(k, &format!("cat /etc/vm-id; hostname; cat /root/shared; kill -0 {pid} 2>/dev/null && echo has-the-process || echo no-process")).await;
+        let out: Vec<&str> = v["stdout"].as_str().unwrap().lines().collect();
+        assert_eq!(&out[..4], [k.as_str(), k.as_str(), "from-source", "has-the-process"], "{v}");
+    }
+    // The source runs on, with its process; the three disks diverge.
+    let v = s.exec(&src, &format!("kill -0 {pid} && echo alive; cat /etc/vm-id")).await;
+    assert_eq!(v["stdout"], format!("alive\n{src}\n"), "{v}");
+    s.exec(&kids[0], "echo k0 > /root/shared").await;
+    assert_eq!(s.exec(&kids[1], "cat /root/shared").await["stdout"], "from-source\n");
+    assert_eq!(s.exec(&src, "cat /root/shared").await["stdout"], "from-source\n");
+    // What the source writes after the fork stays its own across a stop and a cold start.
+    s.exec(&src, "echo after-fork > /root/after; sync").await;
+    assert_eq!(s.post(&format!("/vms/{src}/actions"), json!({"action": "stop"})).await.1["state"], "stopped");
+    let (_, r) = s.post(&format!("/vms/{src}/actions?wait=true"), json!({"action": "start"})).await;
+    assert_eq!(r["state"], "running", "{r}\n{}", s.log());
+    assert_eq!(s.exec(&src, "cat /root/after /root/shared").await["stdout"], "after-fork\nfrom-source\n");
+    assert_eq!(s.exec(&kids[1], "cat /root/after 2>/dev/null || echo absent").await["stdout"], "absent\n");
+    // The children keep their disks when the source goes.
+    assert_eq!(s.call(Method::DELETE, &format!("/vms/{src}"), None).await.0, 200);
+    assert_eq!(s.exec(&kids[0], "cat /root/shared; sync").await["stdout"], "k0\n");
+    let (st, e) = s.post(&format!("/vms/{}/fork", kids[1]), json!({"count": 1})).await;
+    assert_eq!(st, 201, "a fork of a fork: {e}");
+    // Not running → 409 saying its state.
+    let (_, stopped) = s.post(&format!("/vms/{}/actions", kids[0]), json!({"action": "stop"})).await;
+    assert_eq!(stopped["state"], "stopped");
+    let (st, e) = s.post(&format!("/vms/{}/fork", kids[0]), json!({"count": 1})).await;
+    assert_eq!(st, 409, "{e}");
+    assert!(e["detail"].as_str().unwrap().contains("stopped"), "{e}");
+}
+
+/// The original's later routes: duplicate (a new VM from a stopped VM's disk) and ensure
+/// (a lost record rebuilt as stopped).
+#[tokio::test]
+async fn duplicate_and_ensure_as_the_original() {
+    let s = Service::start(Opts { extra: vec![("VM_ACCEL".into(), "tcg".into())], ..Default::default() }).await;
+    let v = create(&s).await;
+    let id = v["id"].as_str().unwrap().to_string();
+    s.exec(&id, "echo on-disk > /root/dup; sync").await;
+    let body = json!({"vcpus": 1, "mem_mib": 256, "disk_gib": 5, "start": false});
+    let (st, e) = s.post(&format!("/vms/{id}/duplicate"), body.clone()).await;
+    assert_eq!((st.as_u16(), e["detail"].as_str()), (409, Some("Source VM must be stopped before duplicating")), "{e}");
+    s.post(&format!("/vms/{id}/actions"), json!({"action": "stop"})).await;
+    let (st, d) = s.post(&format!("/vms/{id}/duplicate"), body).await;
+    assert_eq!(st, 201, "{d}");
+    assert_eq!(d["state"], "stopped", "{d}");
+    let dup = d["id"].as_str().unwrap().to_string();
+    let (_, r) = s.post(&format!("/vms/{dup}/actions?wait=true"), json!({"action": "start"})).await;
+    assert_eq!(r["state"], "running", "{r}");
+    assert_eq!(s.exec(&dup, "cat /root/dup; cat /etc/vm-id").await["stdout"], format!("on-disk\n{dup}\n"));
+    let (st, e) = s.post("/vms/5f0c5a1e-1d7e-4b43-9a8e-0c1f9b0f0a77/duplicate", json!({"vcpus": 1, "mem_mib": 256, "disk_gib": 5})).await;
+    assert_eq!((st.as_u16(), e["detail"].as_str()), (404, Some("Source VM has no disk to duplicate")), "{e}");
+
+    // ensure: an existing record comes back unchanged; a lost one is rebuilt stopped and its
+    // disk used by the next start.
+    let spec = json!({"vcpus": 1, "mem_mib": 256, "disk_gib": 5});
+    let (st, same) = s.post(&format!("/vms/{dup}/ensure"), spec.clone()).await;
+    assert_eq!((st.as_u16(), same["id"].as_str(), same["state"].as_str()), (200, Some(dup.as_str()), Some("running")), "{same}");
+    let (st, e) = s.post(&format!("/vms/{dup}/ensure"), json!({"vcpus": 0, "mem_mib": 256, "disk_gib": 5})).await;
+    assert_eq!(st, 422, "{e}");
+    let lost = "5f0c5a1e-1d7e-4b43-9a8e-0c1f9b0f0a88";
+    let (st, r) = s.post(&format!("/vms/{lost}/ensure"), spec).await;
+    assert_eq!((st.as_u16(), r["state"].as_str(), r["id"].as_str()), (200, Some("stopped"), Some(lost)), "{r}");
+    assert!(s.base.join("vms").join(lost).is_dir());
+}
