@@ -332,6 +332,8 @@ mod tests {
         assert!(resolve_token(Some(""), &d).is_err());
         assert!(resolve_token(Some("short"), &d).is_err());
         assert!(resolve_token(Some("a-strong-enough-token"), &d).is_ok());
+        let e = resolve_token(Some("short-tok"), &d).unwrap_err().to_string();
+        assert!(!e.contains("short-tok"), "a refused token is never printed: {e}");
     }
 
     #[test]

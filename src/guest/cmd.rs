@@ -269,6 +269,108 @@ pub fn refresh(command: &str, vm_id: &str, epoch: u64, seed_hex: &str, host_key_
     Script::new("@@ @@ @@ @@ @@", &[Word::arg(command), Word::arg(vm_id), Word::num(epoch), Word::arg(seed_hex), Word::arg(host_key_b64)])
 }
 
+/// Where background jobs keep their files in the guest: `<job>.sh` (the command), `.log`
+/// (stdout and stderr), `.pid` (the session leader), `.rc` (the exit code, or `sig:NAME`).
+pub const JOBS_DIR: &str = "/var/tmp/vmsvc-jobs";
+
+/// Starts job `job` (its script already written) in a session of its own, in `cwd`: output
+/// to its log, stdin from /dev/null, its exit code written when it ends. Prints the
+/// session leader's pid (a `kill` of its group ends the job); exits 3 when `cwd` is missing.
+pub fn job_start(job: &str, cwd: &str) -> Script {
+    Script::new(
+        r#"d=/var/tmp/vmsvc-jobs; j=@@
+cd -- @@ || exit 3
+setsid bash -c 'bash "$1"; rc=$?; echo "$rc" > "$2.tmp"; mv -f "$2.tmp" "$2"' vmsvc-job "$d/$j.sh" "$d/$j.rc" < /dev/null > "$d/$j.log" 2>&1 &
+echo $! > "$d/$j.pid"; echo $!"#,
+        &[Word::arg(job), Word::arg(cwd)],
+    )
+}
+
+/// A job's state: waits up to `wait_ticks` × 0.2 s for it to end, then prints `STATUS
+/// running|exited|unknown PID`, `RC <rc>`, `SIZE <log bytes>`, `---LOG---` and the log: the
+/// bytes after `since` when `since` ≥ 0, else its last `lines` lines.
+pub fn job_status(job: &str, wait_ticks: u64, since: i64, lines: u64) -> Script {
+    Script::new(
+        r#"d=/var/tmp/vmsvc-jobs; j=@@; w=@@; since=@@; lines=@@
+pid=$(cat "$d/$j.pid" 2>/dev/null)
+if [ -n "$pid" ]; then i=0; while [ "$i" -lt "$w" ] && [ ! -e "$d/$j.rc" ] && kill -0 "$pid" 2>/dev/null; do sleep 0.2; i=$((i+1)); done; fi
+if [ -z "$pid" ]; then echo "STATUS unknown 0"; elif [ -e "$d/$j.rc" ] || ! kill -0 "$pid" 2>/dev/null; then echo "STATUS exited $pid"; else echo "STATUS running $pid"; fi
+echo "RC $(cat "$d/$j.rc" 2>/dev/null)"
+echo "SIZE $(wc -c < "$d/$j.log" 2>/dev/null || echo 0)"
+echo "---LOG---"
+if [ "$since" -ge 0 ]; then tail -c +$((since+1)) "$d/$j.log" 2>/dev/null; else tail -n "$lines" "$d/$j.log" 2>/dev/null; fi
+true"#,
+        &[Word::arg(job), Word::num(wait_ticks), Word::arg(&since.to_string()), Word::num(lines)],
+    )
+}
+
+/// Stops a job: TERM to its process group, KILL after `grace_ticks` × 0.2 s; the signal is
+/// recorded as its end. Prints STOPPED, or NOJOB when there is no such job.
+pub fn job_stop(job: &str, grace_ticks: u64) -> Script {
+    Script::new(
+        r#"d=/var/tmp/vmsvc-jobs; j=@@; g=@@
+pid=$(cat "$d/$j.pid" 2>/dev/null)
+[ -n "$pid" ] || { echo NOJOB; exit 0; }
+sig=TERM
+kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
+i=0; while [ "$i" -lt "$g" ] && kill -0 "$pid" 2>/dev/null; do sleep 0.2; i=$((i+1)); done
+if kill -0 "$pid" 2>/dev/null; then sig=KILL; kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null; fi
+[ -e "$d/$j.rc" ] || echo "sig:$sig" > "$d/$j.rc"
+echo STOPPED"#,
+        &[Word::arg(job), Word::num(grace_ticks)],
+    )
+}
+
+/// Every job, one line each: `JOB id pid running|exited rc|- started ended|- first command line`.
+pub fn job_list() -> Script {
+    Script::new(
+        r#"d=/var/tmp/vmsvc-jobs
+for p in "$d"/*.pid; do
+  [ -e "$p" ] || continue
+  j=${p##*/}; j=${j%.pid}; pid=$(cat "$p"); rc=$(cat "$d/$j.rc" 2>/dev/null)
+  if [ -n "$rc" ] || ! kill -0 "$pid" 2>/dev/null; then st=exited; else st=running; fi
+  ended=$(stat -c %Y "$d/$j.rc" 2>/dev/null || echo -)
+  echo "JOB $j $pid $st ${rc:--} $(stat -c %Y "$p") $ended $(sed -n 2p "$d/$j.sh" 2>/dev/null | cut -c1-200)"
+done
+true"#,
+        &[],
+    )
+}
+
+/// Follows a job's log from byte `since` until the job has ended and its log is drained.
+pub fn job_follow(job: &str, since: u64) -> Script {
+    Script::new(
+        r#"d=/var/tmp/vmsvc-jobs; j=@@; off=@@
+pid=$(cat "$d/$j.pid" 2>/dev/null)
+[ -n "$pid" ] || exit 4
+while :; do
+  n=$(wc -c < "$d/$j.log" 2>/dev/null || echo 0)
+  if [ "$n" -gt "$off" ]; then tail -c +$((off+1)) "$d/$j.log" | head -c $((n-off)); off=$n; continue; fi
+  if [ -e "$d/$j.rc" ] || ! kill -0 "$pid" 2>/dev/null; then
+    [ "$(wc -c < "$d/$j.log" 2>/dev/null || echo 0)" -gt "$off" ] && continue
+    break
+  fi
+  sleep 0.2
+done"#,
+        &[Word::arg(job), Word::num(since)],
+    )
+}
+
+/// What listens on TCP in the guest, for guests with or without `ss`: the LISTEN rows of
+/// /proc/net/tcp{,6} (`T4`/`T6` local-address inode), every process's socket fds
+/// (`ls -l /proc/*/fd`) and process names (`C /proc/PID/comm:NAME`).
+pub fn listening() -> Script {
+    Script::new(
+        r#"for v in 4 6; do f=/proc/net/tcp; [ $v = 6 ] && f=/proc/net/tcp6; [ -r $f ] && awk -v v=$v 'NR>1 && $4=="0A" {print "T" v, $2, $10}' $f; done
+echo ---FD---
+ls -l /proc/[0-9]*/fd/ 2>/dev/null | grep -E '^/proc|socket:'
+echo ---COMM---
+grep -H . /proc/[0-9]*/comm 2>/dev/null | sed 's/^/C /'
+true"#,
+        &[],
+    )
+}
+
 /// grep options of a search; every user value is one quoted word, the pattern follows `-e`
 /// and the root follows `--`.
 pub struct Grep<'a> {
@@ -344,6 +446,12 @@ mod tests {
             runner(),
             set_clock(1),
             refresh("/sbin/vm-refresh", "x", 1, "ab", "a2V5"),
+            job_start("abc", "/app"),
+            job_status("abc", 5, -1, 80),
+            job_stop("abc", 25),
+            job_list(),
+            job_follow("abc", 0),
+            listening(),
         ] {
             assert!(!s.as_str().contains(HOLE), "{s:?}");
         }

@@ -321,6 +321,21 @@ impl Manager {
             *lock(&slot.cancel) = None;
             return Ok(rec);
         }
+        self.relaunch(&rec, &slot, guard, cancel, Start::Cold, "start").await
+    }
+
+    /// Brings a VM that is not running up again (a start, a resume) under the boot op it
+    /// holds: admission, the record `provisioning`, then the boot in the background.
+    pub(crate) async fn relaunch(
+        self: &Arc<Self>,
+        rec: &VmRecord,
+        slot: &Arc<Slot>,
+        guard: OwnedMutexGuard<()>,
+        cancel: CancellationToken,
+        start: Start,
+        why: &str,
+    ) -> Result<VmRecord> {
+        let id = rec.id.as_str();
         // Counted as pending until the record below says provisioning.
         let _admitted = match self.admit(id, rec.mem_mib, rec.vcpus).await {
             Ok(a) => a,
@@ -338,8 +353,8 @@ impl Manager {
                 }),
             )
             .await?;
-        self.emit_state(id, VmState::Provisioning, Some("start".into()));
-        self.spawn_boot(id, guard, cancel, None, None, Start::Cold);
+        self.emit_state(id, VmState::Provisioning, Some(why.into()));
+        self.spawn_boot(id, guard, cancel, None, None, start);
         self.get(id).await
     }
 

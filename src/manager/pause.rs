@@ -109,30 +109,11 @@ impl Manager {
         }
         let slot = self.slot(id);
         let (guard, cancel) = self.try_boot_op(&slot, "resume")?;
-        let ready = async {
-            self.check_saved(id).await?;
-            self.admit(id, rec.mem_mib, rec.vcpus).await
+        if let Err(e) = self.check_saved(id).await {
+            *lock(&slot.cancel) = None;
+            return Err(e);
         }
-        .await;
-        let _admitted = match ready {
-            Ok(a) => a,
-            Err(e) => {
-                *lock(&slot.cancel) = None;
-                return Err(e);
-            }
-        };
-        self.catalog
-            .update(
-                id,
-                Box::new(|r| {
-                    r.state = VmState::Provisioning;
-                    r.error_reason = None;
-                }),
-            )
-            .await?;
-        self.emit_state(id, VmState::Provisioning, Some("resume".into()));
-        self.spawn_boot(id, guard, cancel, None, None, Start::Resume);
-        self.get(id).await
+        self.relaunch(&rec, &slot, guard, cancel, Start::Resume, "resume").await
     }
 
     /// After a successful resume the saved state is gone (the VM runs on from it).
