@@ -124,6 +124,11 @@ pub struct Settings {
     /// Largest `count` of one fork.
     #[arg(long, env = "VM_MAX_FORK", default_value_t = 8)]
     pub vm_max_fork: u32,
+    /// Domain for host-routed previews: `{port}-{vm_id}.{PREVIEW_DOMAIN}` reaches that port of
+    /// that VM (point a wildcard DNS record at this host). Unset: previews only by path,
+    /// /vms/{id}/preview/{port}/.
+    #[arg(long, env = "PREVIEW_DOMAIN")]
+    pub preview_domain: Option<String>,
     /// Log format: text or json (JSON lines).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -188,6 +193,7 @@ pub struct Resolved {
     pub console_log_max_bytes: u64,
     pub snapshots: crate::manager::snapshot::Policy,
     pub max_fork: u32,
+    pub preview_domain: Option<String>,
 }
 
 impl Resolved {
@@ -257,6 +263,7 @@ impl Settings {
             console_log_max_bytes: self.vm_console_log_max_kib.max(256) * 1024,
             snapshots: crate::manager::snapshot::Policy::parse(&self.vm_snapshots).map_err(|e| anyhow::anyhow!(e))?,
             max_fork: self.vm_max_fork.max(1),
+            preview_domain: self.preview_domain.as_deref().map(|d| d.trim_matches('.').to_ascii_lowercase()).filter(|d| !d.is_empty()),
         })
     }
 }

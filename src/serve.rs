@@ -169,7 +169,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     println!("vm-service: listening on http://{} (catalog: {}, data: {})", listener.local_addr()?, mgr.catalog_kind(), cfg.base_dir.display());
     tracing::info!(addr = %cfg.listen_addr, node = %cfg.node_name, "vm-service ready");
     let app = api::router(AppState::new(mgr.clone(), cfg.auth_token.clone()));
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("serving HTTP")?;
+    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving HTTP")?;
     tracing::info!("vm-service stopped; running VMs keep running and are adopted at the next start");
     Ok(())
 }

@@ -10,6 +10,10 @@ pub mod images;
 pub mod json;
 pub mod metrics;
 pub mod openapi;
+pub mod ports;
+pub mod preview;
+pub mod preview_token;
+pub mod processes;
 pub mod schema_check;
 pub mod search;
 pub mod sse;
@@ -36,11 +40,13 @@ pub struct AppState {
     /// The published document's component schemas (JSON): what request bodies are checked
     /// against, set once the document is built.
     pub schemas: Arc<std::sync::OnceLock<serde_json::Map<String, serde_json::Value>>>,
+    /// Signs and checks preview tokens (key derived from the API token).
+    pub preview: Arc<preview_token::Signer>,
 }
 
 impl AppState {
     pub fn new(mgr: Arc<Manager>, token: String) -> AppState {
-        AppState { mgr, token: Arc::new(token), schemas: Default::default() }
+        AppState { mgr, preview: Arc::new(preview_token::Signer::new(&token)), token: Arc::new(token), schemas: Default::default() }
     }
 }
 
@@ -153,6 +159,15 @@ pub fn router(state: AppState) -> axum::Router {
         .routes(routes!(events::vm_events))
         .routes(routes!(events::all_events))
         .routes(routes!(tty::tty))
+        .routes(routes!(processes::start_process))
+        .routes(routes!(processes::process_status))
+        .routes(routes!(processes::stop_process))
+        .routes(routes!(processes::list))
+        .routes(routes!(processes::log_stream))
+        .routes(routes!(ports::listening_ports))
+        .routes(routes!(ports::proxy))
+        .routes(routes!(ports::proxy_stream))
+        .routes(routes!(preview::make_token))
         .routes(routes!(metrics::prometheus))
         .routes(routes!(metrics::vm_metrics))
         // The original answered `/vms` and `/vms/` alike: the slash-less form, undocumented.
@@ -170,7 +185,19 @@ pub fn router(state: AppState) -> axum::Router {
     let (doc, schemas) = openapi::finish(doc, &state.mgr.cfg);
     let _ = state.schemas.set(schemas);
     let docs = utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", doc);
-    routes.merge(docs).layer(middleware::from_fn_with_state(state.clone(), observe)).with_state(state)
+    // Previews authenticate themselves (API token, preview token or its cookie) and stream
+    // bodies of any size.
+    let preview = axum::Router::new()
+        .route("/vms/{vm_id}/preview/{port}", axum::routing::any(preview::by_path))
+        .route("/vms/{vm_id}/preview/{port}/", axum::routing::any(preview::by_path))
+        .route("/vms/{vm_id}/preview/{port}/{*path}", axum::routing::any(preview::by_path))
+        .layer(DefaultBodyLimit::disable());
+    routes
+        .merge(docs)
+        .merge(preview)
+        .layer(middleware::from_fn_with_state(state.clone(), preview::by_host))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
 }
 
 #[cfg(test)]

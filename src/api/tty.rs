@@ -3,6 +3,10 @@
 //! output as UTF-8 text frames decoded across chunk boundaries.
 //! Raw mode (`?mode=raw`): binary frames both ways; a text frame
 //! `{"type":"resize","cols":C,"rows":R}` resizes the PTY.
+//! Base64 mode (`?mode=base64`, or the WebSocket subprotocol `base64`): the later
+//! original's framing — text frames decoded as strict base64, a decoded
+//! `__RESIZE__<cols>x<rows>` is a resize, text that is not base64 goes as is (`ctrlc`,
+//! `ctrld` as above); output as binary frames.
 //! Close codes: 1000 shell exited, 4404 unknown VM, 4409 VM not running, 1011 guest error.
 use super::json::ApiQuery;
 use super::AppState;
@@ -15,7 +19,8 @@ use serde::Deserialize;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct TtyQuery {
-    /// `raw` for binary frames + resize; default compat (the original's text protocol).
+    /// `raw` for binary frames + resize, `base64` for the later original's framing; default
+    /// compat (the original's text protocol).
     pub mode: Option<String>,
     /// Bearer token, for browsers that cannot set the Authorization header.
     pub token: Option<String>,
@@ -26,10 +31,69 @@ pub struct TtyQuery {
 }
 
 #[utoipa::path(get, path = "/vms/{vm_id}/tty", params(TtyQuery), responses((status = 101, description = "WebSocket upgrade"), (status = 400, description = "not a WebSocket upgrade request"), (status = 401), (status = 403), (status = 426, description = "upgrade required")))]
-pub async fn tty(State(st): State<AppState>, Path(vm_id): Path<String>, ApiQuery(q): ApiQuery<TtyQuery>, ws: WebSocketUpgrade) -> Response {
-    let raw = q.mode.as_deref() == Some("raw");
+pub async fn tty(
+    State(st): State<AppState>,
+    Path(vm_id): Path<String>,
+    ApiQuery(q): ApiQuery<TtyQuery>,
+    headers: axum::http::HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let offered_base64 = headers
+        .get_all(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|p| p.trim() == BASE64_SUBPROTOCOL));
+    let mode = match q.mode.as_deref() {
+        Some("raw") => Mode::Raw,
+        Some("base64") => Mode::Base64,
+        _ if offered_base64 => Mode::Base64,
+        _ => Mode::Compat,
+    };
     let (cols, rows) = (q.cols.unwrap_or(120).clamp(10, 1000), q.rows.unwrap_or(32).clamp(5, 1000));
-    ws.on_upgrade(move |socket| session(st, vm_id, raw, cols, rows, socket))
+    ws.protocols([BASE64_SUBPROTOCOL]).on_upgrade(move |socket| session(st, vm_id, mode, cols, rows, socket))
+}
+
+pub const BASE64_SUBPROTOCOL: &str = "base64";
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    Compat,
+    Raw,
+    Base64,
+}
+
+/// What a text frame of the base64 framing asks for.
+#[derive(Debug, PartialEq)]
+pub enum Base64Input {
+    Bytes(Vec<u8>),
+    Resize(u32, u32),
+    /// A resize frame without two numbers: consumed, nothing done.
+    Nothing,
+}
+
+/// The later original's input framing: strict base64 (alphabet and padding, no
+/// whitespace) is decoded, and `__RESIZE__<cols>x<rows>` in it is a resize; other text goes
+/// as is, `ctrlc`/`ctrld` as control characters.
+pub fn base64_input(text: &str) -> Base64Input {
+    use base64::Engine;
+    match base64::engine::general_purpose::STANDARD.decode(text) {
+        Ok(bytes) if !text.is_empty() => match bytes.strip_prefix(b"__RESIZE__") {
+            Some(rest) => {
+                let rest = String::from_utf8_lossy(rest);
+                let mut nums = rest.split(|c: char| !c.is_ascii_digit()).filter(|n| !n.is_empty()).filter_map(|n| n.parse::<u32>().ok());
+                match (nums.next(), nums.next()) {
+                    (Some(c), Some(r)) => Base64Input::Resize(c, r),
+                    _ => Base64Input::Nothing,
+                }
+            }
+            None => Base64Input::Bytes(bytes),
+        },
+        _ => Base64Input::Bytes(match text.trim() {
+            "ctrlc" => vec![0x03],
+            "ctrld" => vec![0x04],
+            _ => text.as_bytes().to_vec(),
+        }),
+    }
 }
 
 async fn close(mut socket: WebSocket, text: Option<&str>, code: u16, reason: &str) {
@@ -91,7 +155,7 @@ struct Resize {
     rows: u32,
 }
 
-async fn session(st: AppState, vm_id: String, raw: bool, cols: u32, rows: u32, socket: WebSocket) {
+async fn session(st: AppState, vm_id: String, mode: Mode, cols: u32, rows: u32, socket: WebSocket) {
     let mut pty = match st.mgr.open_tty(&vm_id, cols, rows).await {
         Ok(p) => p,
         Err(ManagerError::NotFound) => return close(socket, Some("VM not found"), 4404, "VM not found").await,
@@ -106,7 +170,7 @@ async fn session(st: AppState, vm_id: String, raw: bool, cols: u32, rows: u32, s
         tokio::select! {
             out = pty.recv() => {
                 let Some(data) = out else { break false };
-                let frame = if raw {
+                let frame = if mode != Mode::Compat {
                     Message::Binary(bytes::Bytes::from(data))
                 } else {
                     let s = decode_utf8(&mut carry, &data);
@@ -121,7 +185,15 @@ async fn session(st: AppState, vm_id: String, raw: bool, cols: u32, rows: u32, s
             }
             msg = ws_rx.next() => {
                 let bytes = match msg {
-                    Some(Ok(Message::Text(t))) if raw => match serde_json::from_str::<Resize>(t.as_str()) {
+                    Some(Ok(Message::Text(t))) if mode == Mode::Base64 => match base64_input(t.as_str()) {
+                        Base64Input::Bytes(b) => b,
+                        Base64Input::Resize(c, r) => {
+                            pty.resize(c, r).await;
+                            continue;
+                        }
+                        Base64Input::Nothing => continue,
+                    },
+                    Some(Ok(Message::Text(t))) if mode == Mode::Raw => match serde_json::from_str::<Resize>(t.as_str()) {
                         Ok(r) if r.kind == "resize" => {
                             pty.resize(r.cols, r.rows).await;
                             continue;
@@ -160,6 +232,17 @@ mod tests {
         }
         assert_eq!(out, text);
         assert!(carry.is_empty());
+    }
+
+    #[test]
+    fn base64_input_follows_the_later_original() {
+        assert_eq!(base64_input("bHMK"), Base64Input::Bytes(b"ls\n".to_vec()));
+        assert_eq!(base64_input("X19SRVNJWkVfXzEyMHg0MA=="), Base64Input::Resize(120, 40));
+        assert_eq!(base64_input("X19SRVNJWkVfXw=="), Base64Input::Nothing);
+        assert_eq!(base64_input("ls -l"), Base64Input::Bytes(b"ls -l".to_vec()));
+        assert_eq!(base64_input("ctrlc"), Base64Input::Bytes(vec![3]));
+        // Valid base64 is decoded, as the original did: `date` is not sent as text.
+        assert_eq!(base64_input("date"), Base64Input::Bytes(vec![0x75, 0xab, 0x5e]));
     }
 
     #[test]

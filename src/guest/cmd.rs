@@ -273,16 +273,19 @@ pub fn refresh(command: &str, vm_id: &str, epoch: u64, seed_hex: &str, host_key_
 /// (stdout and stderr), `.pid` (the session leader), `.rc` (the exit code, or `sig:NAME`).
 pub const JOBS_DIR: &str = "/var/tmp/vmsvc-jobs";
 
-/// Starts job `job` (its script already written) in a session of its own, in `cwd`: output
-/// to its log, stdin from /dev/null, its exit code written when it ends. Prints the
-/// session leader's pid (a `kill` of its group ends the job); exits 3 when `cwd` is missing.
-pub fn job_start(job: &str, cwd: &str) -> Script {
+/// Starts job `job` (its script already written) in a session of its own, in `cwd` (None:
+/// /app when it exists, as the original, else the home directory): output to its log, stdin
+/// from /dev/null, its exit code written when it ends. Run by bash, or sh on guests without
+/// it. Prints the session leader's pid (a `kill` of its group ends the job); exits 3 when
+/// `cwd` is missing.
+pub fn job_start(job: &str, cwd: Option<&str>) -> Script {
     Script::new(
-        r#"d=/var/tmp/vmsvc-jobs; j=@@
-cd -- @@ || exit 3
-setsid bash -c 'bash "$1"; rc=$?; echo "$rc" > "$2.tmp"; mv -f "$2.tmp" "$2"' vmsvc-job "$d/$j.sh" "$d/$j.rc" < /dev/null > "$d/$j.log" 2>&1 &
+        r#"d=/var/tmp/vmsvc-jobs; j=@@; c=@@
+if [ -n "$c" ]; then cd -- "$c" 2>/dev/null || exit 3; elif [ -d /app ]; then cd /app; else cd; fi
+sh=$(command -v bash || echo sh)
+setsid "$sh" -c '"$0" "$1"; rc=$?; echo "$rc" > "$2.tmp"; mv -f "$2.tmp" "$2"' "$sh" "$d/$j.sh" "$d/$j.rc" < /dev/null > "$d/$j.log" 2>&1 &
 echo $! > "$d/$j.pid"; echo $!"#,
-        &[Word::arg(job), Word::arg(cwd)],
+        &[Word::arg(job), Word::arg(cwd.unwrap_or(""))],
     )
 }
 
@@ -446,7 +449,7 @@ mod tests {
             runner(),
             set_clock(1),
             refresh("/sbin/vm-refresh", "x", 1, "ab", "a2V5"),
-            job_start("abc", "/app"),
+            job_start("abc", Some("/app")),
             job_status("abc", 5, -1, 80),
             job_stop("abc", 25),
             job_list(),

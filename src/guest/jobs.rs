@@ -56,8 +56,8 @@ fn parse_rc(rc: &str) -> (Option<i32>, Option<String>) {
 }
 
 /// Writes the job's script and starts it; its session leader's pid.
-pub async fn start(vm: &GuestVm, job: &str, command: &str, cwd: &str) -> Result<u32, GuestError> {
-    let script = format!("#!/usr/bin/env bash\n{command}\n");
+pub async fn start(vm: &GuestVm, job: &str, command: &str, cwd: Option<&str>) -> Result<u32, GuestError> {
+    let script = format!("#!/bin/sh\n{command}\n");
     let s = vm.sftp().await?;
     super::files::mkdir_p(&s, JOBS_DIR).await?;
     super::files::write_atomic(&s, &format!("{JOBS_DIR}/{job}.sh"), script.as_bytes(), 0o600).await?;
@@ -66,9 +66,10 @@ pub async fn start(vm: &GuestVm, job: &str, command: &str, cwd: &str) -> Result<
         return Err(GuestError::BadPath(format!("cwd {cwd:?} does not exist in the guest")));
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace().last().and_then(|p| p.parse().ok()).ok_or_else(|| {
-        GuestError::Ssh(format!("the job did not start: {}", String::from_utf8_lossy(&out.stderr).trim()))
-    })
+    text.split_whitespace()
+        .last()
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| GuestError::Ssh(format!("the job did not start: {}", String::from_utf8_lossy(&out.stderr).trim())))
 }
 
 /// The job's state, after waiting up to `wait` for it to end; its log from byte `since`,

@@ -1,14 +1,17 @@
 //! Guest access over SSH/SFTP. Layers, arrows one way:
 //! `cmd` (shell text) and `reader` (capped output) → `channel` (leases, the one exec) →
-//! `pool` (connections, identity) → `kill`, `runner`, `sftp`, `exec`, `stream`, `pty`,
-//! `search` → `vm` (one guest: pool + runners + SFTP) → `files`.
+//! `pool` (connections, identity, tunnels) → `kill`, `runner`, `sftp`, `exec`, `stream`,
+//! `pty`, `search`, `tunnel` → `vm` (one guest: pool + runners + SFTP) → `files`, `jobs`,
+//! `ports`.
 //! Everything async; a slow guest holds only its own channels.
 pub mod channel;
 pub mod cmd;
 pub mod exec;
 pub mod files;
+pub mod jobs;
 pub mod kill;
 pub mod pool;
+pub mod ports;
 pub mod prefixed;
 pub mod pty;
 pub mod reader;
@@ -16,6 +19,7 @@ pub mod runner;
 pub mod search;
 pub mod sftp;
 pub mod stream;
+pub mod tunnel;
 pub mod vm;
 
 pub use reader::Output;
@@ -40,6 +44,9 @@ pub enum GuestError {
     /// The client's upload stream failed (disconnect, bad body).
     #[error("{0}")]
     Upload(String),
+    /// Nothing accepts connections on that port in the guest.
+    #[error("{0}")]
+    PortClosed(String),
 }
 
 impl From<russh::Error> for GuestError {

@@ -205,6 +205,25 @@ impl Pool {
         Ok((waiting_on, p))
     }
 
+    /// A TCP connection to 127.0.0.1:`port` inside the guest (an SSH direct-tcpip channel),
+    /// with its pool slot.
+    pub async fn tunnel(&self, port: u16) -> Result<Lease, GuestError> {
+        for attempt in 0..3 {
+            let (conn, permit) = self.slot().await?;
+            match conn.handle.channel_open_direct_tcpip("127.0.0.1", u32::from(port), "127.0.0.1", 0).await {
+                Ok(channel) => return Ok(Lease { channel, permit }),
+                Err(russh::Error::ChannelOpenFailure(reason)) => {
+                    return Err(GuestError::PortClosed(format!("nothing accepts connections on port {port} in the guest ({reason:?})")))
+                }
+                Err(e) => {
+                    tracing::debug!(attempt, error = %e, "tunnel open failed; dropping connection");
+                    self.conns.lock().await.retain(|c| !Arc::ptr_eq(c, &conn));
+                }
+            }
+        }
+        Err(GuestError::Connect(format!("could not open a tunnel to port {port} in the guest")))
+    }
+
     pub async fn open_channels(&self) -> usize {
         self.conns.lock().await.iter().map(|c| CHANNELS_PER_CONN - c.permits.available_permits()).sum()
     }

@@ -62,6 +62,11 @@ impl GuestVm {
         super::pty::open(self.pool.clone(), term, cols, rows).await
     }
 
+    /// A TCP connection to 127.0.0.1:`port` inside the guest.
+    pub async fn tunnel(&self, port: u16) -> Result<super::tunnel::Tunnel, GuestError> {
+        Ok(super::tunnel::Tunnel::new(self.pool.tunnel(port).await?))
+    }
+
     pub async fn search(&self, spec: &super::search::SearchSpec) -> Result<super::search::Found, GuestError> {
         super::search::run(&*self.pool, spec).await
     }

@@ -5,7 +5,6 @@ use crate::guest::pool::Target;
 use crate::model::{now, VmRecord, VmState};
 use crate::qemu::image::BaseImage;
 use crate::qemu::process;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::OwnedMutexGuard;
@@ -457,10 +456,11 @@ impl Manager {
             return Ok(());
         };
         let (tx, exited) = tokio::sync::watch::channel(false);
-        let live = Arc::new(Live { proc, port: lease, exited, stopping: AtomicBool::new(false), guest: Default::default() });
+        let live = Arc::new(Live::new(proc, lease, exited));
         let slot = self.slot(&id);
         *lock(&slot.live) = Some(live.clone());
         self.watch_qemu(&id, live.clone(), exit, tx);
+        self.watch_activity(&id, live.clone());
         let target = Target {
             vm_id: id.clone(),
             port,

@@ -8,10 +8,12 @@ pub mod capacity;
 pub mod console;
 mod events;
 pub mod expiry;
+pub mod forward;
 pub mod guest_ops;
 mod layers;
 pub mod lifecycle;
 pub mod pause;
+pub mod processes;
 pub mod snapshot;
 pub mod stats;
 mod watch;
@@ -59,6 +61,9 @@ pub enum ManagerError {
     Qemu(#[from] QemuError),
     #[error(transparent)]
     Guest(#[from] GuestError),
+    /// The request is understood but not allowed (403, message as is).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -71,6 +76,7 @@ pub enum ErrorKind {
     NotFound,
     Conflict,
     Invalid,
+    Forbidden,
     Capacity,
     Unavailable,
     BadRequest,
@@ -81,11 +87,17 @@ pub enum ErrorKind {
 }
 
 impl ManagerError {
+    /// Nothing accepts connections on the guest port a request was for.
+    pub fn port_closed(&self) -> bool {
+        matches!(self, ManagerError::Guest(GuestError::PortClosed(_)))
+    }
+
     pub fn kind(&self) -> ErrorKind {
         match self {
             ManagerError::NotFound | ManagerError::NotFoundWhat(_) | ManagerError::Guest(GuestError::NotFound(_)) => ErrorKind::NotFound,
             ManagerError::NotRunning | ManagerError::Busy(_) | ManagerError::Conflict(_) => ErrorKind::Conflict,
             ManagerError::Invalid { .. } => ErrorKind::Invalid,
+            ManagerError::Forbidden(_) => ErrorKind::Forbidden,
             ManagerError::Capacity(_) => ErrorKind::Capacity,
             ManagerError::Catalog(CatalogError::Unavailable(_)) => ErrorKind::Unavailable,
             ManagerError::Guest(GuestError::BadPath(_) | GuestError::Upload(_)) => ErrorKind::BadRequest,
@@ -111,9 +123,15 @@ pub(crate) struct Live {
     /// Set before a deliberate stop, so the exit watcher does not report a crash.
     pub stopping: AtomicBool,
     pub guest: Mutex<Option<Arc<GuestVm>>>,
+    /// Jobs started through this service that have not been seen to end (for process_exited).
+    pub jobs: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Live {
+    pub fn new(proc: Proc, port: PortLease, exited: tokio::sync::watch::Receiver<bool>) -> Live {
+        Live { proc, port, exited, stopping: AtomicBool::new(false), guest: Default::default(), jobs: Default::default() }
+    }
+
     pub fn pid(&self) -> i32 {
         self.proc.pid()
     }
