@@ -10,14 +10,18 @@
 # Results: printed as a markdown table and written to bench/results/<UTC time>.json.
 #   bash bench/run.sh --snapshots   snapshot figures instead (bench/snapshots.py): restored
 #                                   vs cold creates, pause, resume, fork, QEMU memory.
+#   bash bench/run.sh --preview     preview figures (bench/preview.py): 1 KiB GET through the
+#                                   preview vs an ssh -L forward, 64 MiB both ways with the
+#                                   service's RSS, 100 concurrent requests.
 set -euo pipefail
 mode=main
-if [ "${1:-}" = --snapshots ]; then mode=snapshots; shift; fi
+case "${1:-}" in --snapshots) mode=snapshots; shift ;; --preview) mode=preview; shift ;; esac
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/vm-service-target}"
 image="${VM_BENCH_IMAGE_DIR:-${VM_BASE_DIR:-/var/lib/vm-service}/images/tiny}"
 [ -f "$image/manifest.json" ] || { echo "no guest image at $image (run scripts/setup.sh or set VM_BENCH_IMAGE_DIR)" >&2; exit 1; }
 (cd "$here" && cargo build --release --locked)
+[ "$mode" = preview ] && (cd "$here" && cargo build --release --locked --example guest_app)
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 work="$(mktemp -d /tmp/vmbench.XXXXXX)"
@@ -59,14 +63,17 @@ with open(sys.argv[1], "w") as f:
                             "disk_gib": 5, "ssh_port": None, "ssh_user": None, "key_ref": None, "error_reason": None,
                             "created_at": now, "updated_at": now, "node": "bench-node"}) + "\n")
 PY
-[ "$mode" = snapshots ] || "$CARGO_TARGET_DIR/release/vm-service" import "$work/records.jsonl"
+[ "$mode" = main ] && "$CARGO_TARGET_DIR/release/vm-service" import "$work/records.jsonl"
 LISTEN_ADDR="127.0.0.1:$sport" "$CARGO_TARGET_DIR/release/vm-service" serve >"$work/service.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$sport/health" >/dev/null && break; sleep 0.1; done
 
 mkdir -p "$here/bench/results"
 out="$here/bench/results/$(date -u +%Y%m%dT%H%M%SZ).json"
-if [ "$mode" = snapshots ]; then
+if [ "$mode" = preview ]; then
+  python3 "$here/bench/preview.py" --url "http://127.0.0.1:$sport" --token "$token" --base-dir "$work/base" --service-pid "${pids[-1]}" \
+    --app "$CARGO_TARGET_DIR/release/examples/guest_app" --json "$out" "$@"
+elif [ "$mode" = snapshots ]; then
   python3 "$here/bench/snapshots.py" --url "http://127.0.0.1:$sport" --token "$token" --base-dir "$work/base" --json "$out" "$@"
 else
   python3 "$here/bench/bench.py" --url "http://127.0.0.1:$sport" --token "$token" --node bench-node --json "$out" "$@"

@@ -175,6 +175,15 @@ async fn openapi_lists_every_route(s: &Service) {
         "/vms/{vm_id}/console/tail",
         "/metrics/{vm_id}",
         "/vms/{vm_id}/tty",
+        "/vms/{vm_id}/start-process",
+        "/vms/{vm_id}/process-status",
+        "/vms/{vm_id}/stop-process",
+        "/vms/{vm_id}/processes",
+        "/vms/{vm_id}/processes/{job_id}/log/stream",
+        "/vms/{vm_id}/listening-ports",
+        "/vms/{vm_id}/proxy",
+        "/vms/{vm_id}/proxy-stream",
+        "/vms/{vm_id}/preview-tokens",
     ] {
         assert!(paths.contains_key(p), "missing {p}");
     }

@@ -158,10 +158,7 @@ pub fn kill_tree(pid: u32) -> Script {
 /// Kills the tree of the pid recorded in `pidfile` (and its process group), then removes the file.
 pub fn kill_recorded(pidfile: &Pidfile) -> Script {
     Script::new(
-        concat!(
-            kill_tree_fn!(),
-            "; m=@@; p=$(cat -- \"$m\" 2>/dev/null) && [ -n \"$p\" ] && { kd \"$p\"; kill -KILL -- -\"$p\" 2>/dev/null; }; rm -f -- \"$m\""
-        ),
+        concat!(kill_tree_fn!(), "; m=@@; p=$(cat -- \"$m\" 2>/dev/null) && [ -n \"$p\" ] && { kd \"$p\"; kill -KILL -\"$p\" 2>/dev/null; }; rm -f -- \"$m\""),
         &[Word::arg(pidfile.path())],
     )
 }
@@ -307,7 +304,8 @@ true"#,
     )
 }
 
-/// Stops a job: TERM to its process group, KILL after `grace_ticks` × 0.2 s; the signal is
+/// Stops a job: TERM to its process group, KILL after `grace_ticks` × 0.2 s to whatever of
+/// the group is left (a leader gone does not mean its group is); the signal is
 /// recorded as its end. Prints STOPPED, or NOJOB when there is no such job.
 pub fn job_stop(job: &str, grace_ticks: u64) -> Script {
     Script::new(
@@ -315,9 +313,10 @@ pub fn job_stop(job: &str, grace_ticks: u64) -> Script {
 pid=$(cat "$d/$j.pid" 2>/dev/null)
 [ -n "$pid" ] || { echo NOJOB; exit 0; }
 sig=TERM
-kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
-i=0; while [ "$i" -lt "$g" ] && kill -0 "$pid" 2>/dev/null; do sleep 0.2; i=$((i+1)); done
-if kill -0 "$pid" 2>/dev/null; then sig=KILL; kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null; fi
+kill -TERM "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
+alive() { kill -0 "-$pid" 2>/dev/null || kill -0 "$pid" 2>/dev/null; }
+i=0; while [ "$i" -lt "$g" ] && alive; do sleep 0.2; i=$((i+1)); done
+if alive; then sig=KILL; kill -KILL "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null; fi
 [ -e "$d/$j.rc" ] || echo "sig:$sig" > "$d/$j.rc"
 echo STOPPED"#,
         &[Word::arg(job), Word::num(grace_ticks)],
