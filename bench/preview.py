@@ -113,6 +113,8 @@ def main():
         dt, got = timed_get(host, sport, f"{page}/bytes/{n}", auth)
         res["download_64m_s"] = [dt]
         res["download_64m_mib_s"] = [64 / dt]
+        dt, _ = timed_get("127.0.0.1", lport, f"/bytes/{n}")
+        res["download_64m_direct_tcpip_mib_s"] = [64 / dt]
         body = bytes(i % 256 for i in range(1 << 20))
 
         def chunks():
