@@ -46,9 +46,16 @@ need_cmd sfdisk fdisk
 need_cmd python3 python3
 need_cmd zip zip
 need_cmd ldd libc-bin
-kernel="$(ls -1 /boot/vmlinuz-* 2>/dev/null | sort -V | tail -n 1 || true)"
-[ -n "$kernel" ] || die "no kernel in /boot (package linux-image-amd64): run  apt-get install -y linux-image-amd64"
-kver="${kernel#/boot/vmlinuz-}"
+need_file /sbin/resize2fs e2fsprogs
+need_file /usr/bin/resizepart util-linux
+# The kernel is the one Debian's meta package names (not the newest in /boot: a cloud host
+# often has linux-image-cloud-amd64 too, whose kernel lacks the modules used here).
+kpkg="${VM_GUEST_KERNEL_PKG:-linux-image-amd64}"
+kdep="$(dpkg-query -W -f='${Depends}' "$kpkg" 2>/dev/null | tr ',' '\n' | grep -o 'linux-image-[0-9][^ ]*' | head -n 1 || true)"
+[ -n "$kdep" ] || die "package $kpkg is not installed: run  apt-get install -y $kpkg"
+kver="${kdep#linux-image-}"
+kernel="/boot/vmlinuz-$kver"
+[ -e "$kernel" ] || die "no $kernel (package $kdep): run  apt-get install -y --reinstall $kdep"
 moddir="/lib/modules/$kver"
 [ -d "$moddir" ] || die "no modules at $moddir (package linux-image-$kver)"
 
@@ -85,6 +92,9 @@ copy_with_libs() { # copy a binary to the same path inside the rootfs, with its 
 copy_with_libs "$(command -v dropbear)" /usr/sbin/dropbear
 copy_with_libs "$(command -v dropbearkey)" /usr/bin/dropbearkey
 copy_with_libs /usr/lib/openssh/sftp-server /usr/lib/openssh/sftp-server
+# growing the root partition and filesystem to the VM's disk (sbin/vm-grow)
+copy_with_libs /sbin/resize2fs /sbin/resize2fs
+copy_with_libs /usr/bin/resizepart /usr/bin/resizepart
 # Debian's dropbear execs /usr/lib/sftp-server; upstream uses /usr/libexec/sftp-server.
 mkdir -p "$root/usr/libexec"
 ln -sf /usr/lib/openssh/sftp-server "$root/usr/lib/sftp-server"
@@ -100,7 +110,7 @@ for lib in /lib/x86_64-linux-gnu/libnss_files.so.2; do [ -e "$lib" ] && cp -L "$
 
 # static configuration, init scripts and the seed reader
 cp -a "$here/rootfs/." "$root/"
-chmod 755 "$root/etc/init.d/rcS" "$root/etc/udhcpc.script" "$root/etc/acpi/PWRF/00000080" "$root/sbin/vm-seed" "$root/sbin/sshd-loop" "$root/sbin/vm-refresh"
+chmod 755 "$root/etc/init.d/rcS" "$root/etc/udhcpc.script" "$root/etc/acpi/PWRF/00000080" "$root/sbin/vm-seed" "$root/sbin/sshd-loop" "$root/sbin/vm-refresh" "$root/sbin/vm-grow"
 chmod 600 "$root/etc/shadow"
 
 # modules the running system loads after switch_root (power button for ACPI shutdown)

@@ -350,3 +350,24 @@ async fn console_stream_follows_the_boot_and_ends_with_the_vm() {
     let (st, _) = s.get(&format!("/vms/{id}/console/stream")).await;
     assert_eq!(st, 404);
 }
+
+/// A VM's disk_gib is its root filesystem's size (the image's partition is 2 GiB): grown at
+/// boot, and again after a stop and a start with the files kept.
+#[tokio::test]
+async fn disk_gib_is_the_root_filesystem_size() {
+    let s = Service::start(Opts { extra: vec![("VM_ACCEL".into(), "tcg".into())], ..Default::default() }).await;
+    let (st, v) = s.post("/vms?wait=true", json!({"vcpus": 1, "mem_mib": 256, "disk_gib": 6})).await;
+    assert_eq!((st.as_u16(), v["state"].as_str()), (201, Some("running")), "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let gib = root_gib(&s, &id, 5.5).await;
+    assert!((5.5..=6.0).contains(&gib), "df says {gib:.2} GiB for disk_gib 6\n{}", s.exec(&id, "dmesg | tail -n 20; cat /proc/partitions").await);
+    let v = s.exec(&id, "fallocate -l 3000000000 /root/big && sync").await;
+    assert_eq!(v["exit_code"], 0, "{v}");
+    let (st, _) = s.post(&format!("/vms/{id}/actions?wait=true"), json!({"action": "stop"})).await;
+    assert_eq!(st, 200);
+    let (st, _) = s.post(&format!("/vms/{id}/actions?wait=true"), json!({"action": "start"})).await;
+    assert_eq!(st, 200);
+    let v = s.exec(&id, "stat -c %s /root/big").await;
+    assert_eq!(v["stdout"], "3000000000\n", "a file larger than the image's 2 GiB survives a restart: {v}");
+    let _ = s.call(Method::DELETE, &format!("/vms/{id}"), None).await;
+}

@@ -55,6 +55,13 @@ async fn clones_of_a_warm_snapshot_are_vms_of_their_own() {
     }
     assert_ne!(ia[3], ib[3], "two clones drew the same random bytes");
     assert_ne!(ia[4], ib[4], "two clones share an SSH host key");
+    // A clone asked for a larger disk grows into it.
+    let (st, big) = s.post("/vms?wait=true", json!({"vcpus": 1, "mem_mib": 256, "disk_gib": 9})).await;
+    assert_eq!((st.as_u16(), big["booted_from"].as_str()), (201, Some("snapshot")), "{big}");
+    let big = big["id"].as_str().unwrap().to_string();
+    let gib = root_gib(&s, &big, 8.5).await;
+    assert!((8.5..=9.0).contains(&gib), "a restored VM with disk_gib 9 has a {gib:.2} GiB root");
+    let _ = s.call(Method::DELETE, &format!("/vms/{big}"), None).await;
     // Disks are their own.
     s.exec(&a, "echo only-a > /root/mine").await;
     assert_eq!(s.exec(&b, "cat /root/mine 2>/dev/null || echo absent").await["stdout"], "absent\n");

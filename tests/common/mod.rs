@@ -230,6 +230,21 @@ impl Service {
     }
 }
 
+/// Root filesystem size in GiB as the guest's `df` sees it, once it stops growing (a
+/// restored VM grows in the background).
+pub async fn root_gib(s: &Service, id: &str, at_least: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = s.exec(id, "df -k / | tail -n 1").await;
+        let kib: f64 = v["stdout"].as_str().unwrap().split_whitespace().nth(1).and_then(|k| k.parse().ok()).unwrap_or_else(|| panic!("{v}"));
+        let gib = kib / 1024.0 / 1024.0;
+        if gib >= at_least || Instant::now() > deadline {
+            return gib;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 pub fn alive(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z')).unwrap_or(true)
