@@ -32,6 +32,11 @@ async fn create(s: &Service) -> Value {
 #[tokio::test]
 async fn clones_of_a_warm_snapshot_are_vms_of_their_own() {
     let mut s = Service::start(Opts { extra: vec![("VM_ACCEL".into(), "tcg".into())], ..Default::default() }).await;
+    let (st, images) = s.get("/images").await;
+    assert_eq!(st, 200);
+    let tiny = images.as_array().unwrap().iter().find(|i| i["name"] == "tiny").unwrap_or_else(|| panic!("{images}"));
+    assert_eq!((tiny["boot"].as_str(), tiny["ssh_user"].as_str(), tiny["snapshots"].as_bool()), (Some("kernel"), Some("root"), Some(true)), "{tiny}");
+    assert!(tiny["virtual_size"].as_u64().unwrap() >= 1 << 30 && tiny["source_hash"].is_string() && tiny["built_at"].as_f64().unwrap() > 1.7e9, "{tiny}");
     let (st, snap) = s.post("/images/tiny/snapshots", json!({"vcpus": 1, "mem_mib": 256})).await;
     assert_eq!(st, 201, "{snap}\n{}", s.log());
     assert_eq!(snap["usable"], true, "{snap}");

@@ -18,6 +18,8 @@ pub struct ImageOut {
     pub virtual_size: Option<u64>,
     pub ssh_user: Option<String>,
     pub source_hash: Option<String>,
+    /// Unix seconds of the image's build (from its manifest).
+    pub built_at: Option<f64>,
     /// Whether copies of it can take their own identity (warm snapshots and forks).
     pub snapshots: bool,
 }
@@ -34,6 +36,7 @@ pub async fn list(State(st): State<AppState>) -> Result<Json<Vec<ImageOut>>, Api
                 virtual_size: i.virtual_size,
                 ssh_user: i.ssh_user,
                 source_hash: i.source_hash,
+                built_at: i.built_at,
                 snapshots: i.snapshots,
             })
             .collect(),

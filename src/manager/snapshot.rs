@@ -86,6 +86,7 @@ pub struct ImageInfo {
     pub virtual_size: Option<u64>,
     pub ssh_user: Option<String>,
     pub source_hash: Option<String>,
+    pub built_at: Option<f64>,
     /// Its copies can take their own identity (snapshots and forks restore it).
     pub snapshots: bool,
 }
@@ -115,6 +116,7 @@ impl Manager {
                         virtual_size: overlay::qcow2_virtual_size(&img.disk).ok().flatten(),
                         ssh_user: img.ssh_user.clone(),
                         source_hash: img.source_hash.clone(),
+                        built_at: img.built_at,
                         snapshots: img.refresh.is_some(),
                         name,
                     })

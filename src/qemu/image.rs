@@ -27,6 +27,9 @@ pub struct Manifest {
     pub refresh: Option<String>,
     #[serde(default)]
     pub source_hash: Option<String>,
+    /// Unix seconds of the build.
+    #[serde(default)]
+    pub built_at: Option<f64>,
 }
 
 fn default_arch() -> String {
@@ -51,12 +54,13 @@ pub struct BaseImage {
     pub ssh_user: Option<String>,
     pub refresh: Option<String>,
     pub source_hash: Option<String>,
+    pub built_at: Option<f64>,
 }
 
 impl BaseImage {
     /// A disk that boots its own bootloader, with nothing else known about it.
     fn plain(disk: PathBuf) -> BaseImage {
-        BaseImage { disk, boot: Boot::Disk, machine: None, cpu: None, ready_marker: None, ssh_user: None, refresh: None, source_hash: None }
+        BaseImage { disk, boot: Boot::Disk, machine: None, cpu: None, ready_marker: None, ssh_user: None, refresh: None, source_hash: None, built_at: None }
     }
 
     /// What identifies this image's content for a snapshot: its source hash, else the
@@ -143,6 +147,7 @@ impl BaseImage {
                     ssh_user: m.ssh_user,
                     refresh: m.refresh,
                     source_hash: m.source_hash,
+                    built_at: m.built_at,
                 })
             }
             _ => match disk {
