@@ -556,6 +556,8 @@ async fn output_written_around_the_runner_is_capped() {
 #[tokio::test]
 async fn a_search_for_everything_is_capped() {
     let (s, id) = one_vm().await;
+    // More matching lines than the cap, wherever the walk starts.
+    assert_eq!(s.exec(&id, "seq 1 30000 > /root/lines.txt && echo ok").await["stdout"], "ok\n");
     let r = s
         .client
         .post(s.url(&format!("/vms/{id}/search")))
@@ -572,7 +574,7 @@ async fn a_search_for_everything_is_capped() {
     let (_, v) = s.post(&format!("/vms/{id}/search"), json!({"pattern": "", "root": "/etc", "max_results_total": 3})).await;
     let n: usize = v.as_array().unwrap().iter().map(|h| h["matchs"].as_array().unwrap().len()).sum();
     assert_eq!(n, 3, "{v}");
-    let count = "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done | grep -c '^grep -RInI' || true";
+    let count = "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done | grep -c '^grep -HInI' || true";
     assert_eq!(s.exec(&id, count).await["stdout"], "0\n", "grep left running");
 }
 

@@ -41,16 +41,19 @@ async fn lifecycle_end_to_end() {
     // kill -9 of QEMU is noticed at once; a command running at that moment answers
     // ok:false (its outcome is unknown), not a silent empty success.
     let pid_b = s.qemu_pid(&b).unwrap();
-    // The same for a search still walking the guest (grep -R / runs for many seconds there).
+    // The same for a search still reading the guest's files (200 MB of text takes grep many
+    // seconds under TCG).
+    let v = s.exec(&b, "mkdir -p /root/big && yes 'text to look through' | head -c 200000000 > /root/big/a.txt && echo made").await;
+    assert_eq!(v["stdout"], "made\n", "{v}");
     let exec_url = format!("/vms/{b}/execute-sh");
     let search_url = format!("/vms/{b}/search");
     let running = s.post(&exec_url, json!({"command": "sleep 30; echo never"}));
-    let searching = s.post(&search_url, json!({"pattern": "zzzz-no-such-text", "root": "/", "timeout_seconds": 60}));
+    let searching = s.post(&search_url, json!({"pattern": "zzzz-no-such-text", "root": "/root/big", "timeout_seconds": 60}));
     let killer = async {
         // Kill once both are seen running in the guest.
         as_soon_as(&s, "sleep and grep running", async || {
             let list = "all=$(for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done); \
-                        echo \"$all\" | grep -c '^sleep 30'; echo \"$all\" | grep -c '^grep -RInI'";
+                        echo \"$all\" | grep -c '^sleep 30'; echo \"$all\" | grep -c '^grep -HInI'";
             let v = s.exec(&b, list).await;
             let counts: Vec<u32> = v["stdout"].as_str().unwrap_or("").lines().filter_map(|l| l.trim().parse().ok()).collect();
             counts.len() == 2 && counts.iter().all(|n| *n >= 1)

@@ -63,15 +63,22 @@ proptest! {
     fn search_tokens_arrive_as_single_arguments(pattern in hostile(), root in hostile(), glob in hostile(), dir in hostile()) {
         let (globs, dirs) = (vec![glob.clone()], vec![dir.clone()]);
         let grep = cmd::grep(&Grep { pattern: &pattern, root: &root, case_insensitive: false, include_globs: &globs, exclude_dirs: &dirs });
-        // Swap grep for printf to see the argument vector the shell built.
-        let argv_cmd = format!("printf '%s\\0' {}", grep.as_str().strip_prefix("grep ").unwrap());
+        // Swap find for printf to see the argument vector the shell built.
+        let argv_cmd = format!("printf '%s\\0' {}", grep.as_str().strip_prefix("find ").unwrap());
         let out = run("/bin/sh", &argv_cmd);
         let args: Vec<String> = out.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        let mut want = vec!["-RInI".to_string()];
-        if !dir.trim().is_empty() { want.push(format!("--exclude-dir={dir}")); }
+        let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let mut want = vec![if root.starts_with('-') { format!("./{root}") } else { root.clone() }];
+        if root.starts_with('/') && root.trim_end_matches('/').is_empty() {
+            want.extend(words(&["(", "-path", "/proc", "-o", "-path", "/sys", "-o", "-path", "/dev", ")", "-prune", "-o"]));
+        }
+        if !dir.trim().is_empty() {
+            want.extend(words(&["-type", "d", "(", "-name", &dir, ")", "-prune", "-o"]));
+        }
+        want.extend(words(&["-type", "f"]));
         let g = glob.trim();
-        if !g.is_empty() && g != "*" { want.push(format!("--include={g}")); }
-        want.extend(["-e".to_string(), pattern, "--".to_string(), root, String::new()]);
+        if !g.is_empty() && g != "*" { want.extend(words(&["(", "-name", g, ")"])); }
+        want.extend(words(&["-exec", "grep", "-HInI", "-e", &pattern, "--", "{}", "+", ""]));
         prop_assert_eq!(args, want);
     }
 

@@ -373,8 +373,7 @@ true"#,
     )
 }
 
-/// grep options of a search; every user value is one quoted word, the pattern follows `-e`
-/// and the root follows `--`.
+/// What a search looks for; every user value becomes one quoted word.
 pub struct Grep<'a> {
     pub pattern: &'a str,
     pub root: &'a str,
@@ -383,20 +382,39 @@ pub struct Grep<'a> {
     pub exclude_dirs: &'a [String],
 }
 
+/// `find` picks the files and `grep` reads them: only regular files are read (a recursive
+/// busybox grep opens FIFOs, devices and /proc/kmsg, and blocks there until the deadline),
+/// and a search from `/` skips /proc, /sys and /dev. Directories named in `exclude_dirs`
+/// are pruned and `include_globs` match file names, as grep's --exclude-dir/--include.
 pub fn grep(g: &Grep) -> Script {
-    let mut s = Script::new("grep -RInI", &[]);
+    let mut s = Script::new("find @@", &[Word::path(g.root)]);
+    if g.root.trim_end_matches('/').is_empty() && g.root.starts_with('/') {
+        s.0.push_str(r" \( -path /proc -o -path /sys -o -path /dev \) -prune -o");
+    }
+    let dirs: Vec<&String> = g.exclude_dirs.iter().filter(|d| !d.trim().is_empty()).collect();
+    if !dirs.is_empty() {
+        s.0.push_str(r" -type d \(");
+        for (i, d) in dirs.iter().enumerate() {
+            s.0.push_str(if i == 0 { " -name " } else { " -o -name " });
+            s.0.push_str(&Word::arg(d).0);
+        }
+        s.0.push_str(r" \) -prune -o");
+    }
+    s.0.push_str(" -type f");
+    let globs: Vec<&str> = g.include_globs.iter().map(|g| g.trim()).filter(|g| !g.is_empty() && *g != "*").collect();
+    if !globs.is_empty() {
+        s.0.push_str(r" \(");
+        for (i, glob) in globs.iter().enumerate() {
+            s.0.push_str(if i == 0 { " -name " } else { " -o -name " });
+            s.0.push_str(&Word::arg(glob).0);
+        }
+        s.0.push_str(r" \)");
+    }
+    s.0.push_str(" -exec grep -HInI");
     if g.case_insensitive {
         s.0.push_str(" -i");
     }
-    for d in g.exclude_dirs.iter().filter(|d| !d.trim().is_empty()) {
-        s.0.push(' ');
-        s.0.push_str(&Word::opt("--exclude-dir=", d).0);
-    }
-    for glob in g.include_globs.iter().map(|g| g.trim()).filter(|g| !g.is_empty() && *g != "*") {
-        s.0.push(' ');
-        s.0.push_str(&Word::opt("--include=", glob).0);
-    }
-    s.0.push_str(&Script::new(" -e @@ -- @@", &[Word::arg(g.pattern), Word::arg(g.root)]).0);
+    s.0.push_str(&Script::new(" -e @@ -- {} +", &[Word::arg(g.pattern)]).0);
     s
 }
 
@@ -472,9 +490,14 @@ mod tests {
             pattern: "it's; rm -rf /",
             root: "/app dir",
             case_insensitive: true,
-            include_globs: &["".into(), "*".into(), "*.py".into()],
+            include_globs: &["".into(), "*".into(), "*.py".into(), "*.rs".into()],
             exclude_dirs: &[".git".into(), "node modules".into()],
         });
-        assert_eq!(s.as_str(), r"grep -RInI -i --exclude-dir=.git '--exclude-dir=node modules' '--include=*.py' -e 'it'\''s; rm -rf /' -- '/app dir'");
+        assert_eq!(
+            s.as_str(),
+            r"find '/app dir' -type d \( -name .git -o -name 'node modules' \) -prune -o -type f \( -name '*.py' -o -name '*.rs' \) -exec grep -HInI -i -e 'it'\''s; rm -rf /' -- {} +"
+        );
+        let all = grep(&Grep { pattern: "", root: "/", case_insensitive: false, include_globs: &[], exclude_dirs: &[] });
+        assert_eq!(all.as_str(), r"find / \( -path /proc -o -path /sys -o -path /dev \) -prune -o -type f -exec grep -HInI -e '' -- {} +");
     }
 }

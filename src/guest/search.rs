@@ -1,4 +1,5 @@
-//! search: the original's `grep -RInI` with every token quoted, aggregated per file as
+//! search: the original's recursive `grep -InI` (regular files found by `find`; cmd::grep)
+//! with every token quoted, aggregated per file as
 //! `L<n>: text`. The number of hits is capped (max_results_total, or MAX_HITS by default),
 //! as are the bytes read and the length of a line; timeout_seconds is a total deadline.
 use super::channel::{self, Opener};
