@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Builds the "tiny" guest image from the host's Debian packages: no internet beyond
-# the Debian mirror (to install the packages), no loop mounts, no root services.
+# Builds a guest image from Debian packages: no internet beyond the Debian mirror, no
+# loop mounts. Profiles: "tiny" (default: busybox + dropbear from the host's packages,
+# seconds to build) and "debian" (debootstrap: systemd, cloud-init, OpenSSH, apt, python3,
+# git, curl; minutes to build, needs root for the chroot).
 #
-#   guest/build.sh [--out DIR] [--force]
+#   guest/build.sh [--profile tiny|debian] [--out DIR] [--force]
 #
-# Output directory (default: $VM_BASE_DIR/images/tiny, VM_BASE_DIR defaulting as in
+# Output directory (default: $VM_BASE_DIR/images/<profile>, VM_BASE_DIR defaulting as in
 # the service): disk.qcow2, vmlinux (PVH, uncompressed), vmlinuz (bzImage), initrd.gz,
 # manifest.json. The disk is partitioned: p1 FAT16 with syslinux (BIOS boot path),
 # p2 ext4 root. The same disk boots by direct kernel boot (-kernel vmlinux) or from
@@ -15,26 +17,37 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 if [ -z "${VM_BASE_DIR:-}" ]; then
   if [ "$(id -u)" = 0 ]; then VM_BASE_DIR=/var/lib/vm-service; else VM_BASE_DIR="$HOME/.local/share/vm-service"; fi
 fi
-out="$VM_BASE_DIR/images/tiny"
+out=""
+profile=tiny
 force=0
 while [ $# -gt 0 ]; do
   case "$1" in
+    --profile) profile="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --force) force=1; shift ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "build.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
   esac
 done
 
 die() { echo "guest/build.sh: $*" >&2; exit 1; }
+case "$profile" in tiny|debian) ;; *) die "unknown profile '$profile' (tiny or debian)" ;; esac
+out="${out:-$VM_BASE_DIR/images/$profile}"
 need_file() { [ -e "$1" ] || die "missing $1 (package $2): run  apt-get install -y $2"; }
 need_cmd() { command -v "$1" >/dev/null 2>&1 || die "missing command '$1' (package $2): run  apt-get install -y $2"; }
 
 need_cmd busybox busybox-static
 busybox --list | grep -x acpid >/dev/null || die "busybox is not busybox-static: run  apt-get install -y busybox-static"
-need_cmd dropbear dropbear-bin
-need_cmd dropbearkey dropbear-bin
-need_file /usr/lib/openssh/sftp-server openssh-sftp-server
+if [ "$profile" = tiny ]; then
+  need_cmd dropbear dropbear-bin
+  need_cmd dropbearkey dropbear-bin
+  need_file /usr/lib/openssh/sftp-server openssh-sftp-server
+  need_file /sbin/resize2fs e2fsprogs
+  need_file /usr/bin/resizepart util-linux
+else
+  [ "$(id -u)" = 0 ] || die "the debian profile needs root (debootstrap and a chroot)"
+  need_cmd debootstrap debootstrap
+fi
 need_cmd mkfs.ext4 e2fsprogs
 need_cmd qemu-img qemu-utils
 need_cmd cpio cpio
@@ -46,19 +59,6 @@ need_cmd sfdisk fdisk
 need_cmd python3 python3
 need_cmd zip zip
 need_cmd ldd libc-bin
-need_file /sbin/resize2fs e2fsprogs
-need_file /usr/bin/resizepart util-linux
-# The kernel is the one Debian's meta package names (not the newest in /boot: a cloud host
-# often has linux-image-cloud-amd64 too, whose kernel lacks the modules used here).
-kpkg="${VM_GUEST_KERNEL_PKG:-linux-image-amd64}"
-kdep="$(dpkg-query -W -f='${Depends}' "$kpkg" 2>/dev/null | tr ',' '\n' | grep -o 'linux-image-[0-9][^ ]*' | head -n 1 || true)"
-[ -n "$kdep" ] || die "package $kpkg is not installed: run  apt-get install -y $kpkg"
-kver="${kdep#linux-image-}"
-kernel="/boot/vmlinuz-$kver"
-[ -e "$kernel" ] || die "no $kernel (package $kdep): run  apt-get install -y --reinstall $kdep"
-moddir="/lib/modules/$kver"
-[ -d "$moddir" ] || die "no modules at $moddir (package linux-image-$kver)"
-
 # Refuse to replace a base image that existing overlays (or snapshot/fork layers) back
 # onto, unless forced.
 if [ -f "$out/disk.qcow2" ] && [ "$force" != 1 ]; then
@@ -73,6 +73,27 @@ start=$(date +%s.%N)
 work="$(mktemp -d "${TMPDIR:-/tmp}/vm-guest-build.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 root="$work/rootfs"
+if [ "$profile" = debian ]; then
+  bash "$here/debian/rootfs.sh" "$root"
+  # The kernel is the one the image's own linux-image-amd64 installed.
+  kernel="$(ls -1 "$root"/boot/vmlinuz-* | sort -V | tail -n 1)"
+  kver="${kernel##*/vmlinuz-}"
+  moddir="$root/lib/modules/$kver"
+else
+  # The kernel is the one Debian's meta package names (not the newest in /boot: a cloud host
+  # often has linux-image-cloud-amd64 too, whose kernel lacks the modules used here).
+  kpkg="${VM_GUEST_KERNEL_PKG:-linux-image-amd64}"
+  kdep="$(dpkg-query -W -f='${Depends}' "$kpkg" 2>/dev/null | tr ',' '\n' | grep -o 'linux-image-[0-9][^ ]*' | head -n 1 || true)"
+  [ -n "$kdep" ] || die "package $kpkg is not installed: run  apt-get install -y $kpkg"
+  kver="${kdep#linux-image-}"
+  kernel="/boot/vmlinuz-$kver"
+  [ -e "$kernel" ] || die "no $kernel (package $kdep): run  apt-get install -y --reinstall $kdep"
+  moddir="/lib/modules/$kver"
+  [ -d "$moddir" ] || die "no modules at $moddir (package linux-image-$kver)"
+fi
+modfile() { find "$moddir/kernel" -name "$1.ko" -o -name "$1.ko.xz" | head -n 1; }
+
+if [ "$profile" = tiny ]; then # the tiny root filesystem, up to the matching fi
 mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,usr/lib/openssh,lib,lib64,etc/dropbear,etc/init.d,etc/acpi/PWRF,root,app,proc,sys,dev,run,tmp,var/log,home,mnt/seed}
 chmod 1777 "$root/tmp"; chmod 700 "$root/root"
 
@@ -115,12 +136,12 @@ chmod 600 "$root/etc/shadow"
 
 # modules the running system loads after switch_root (power button for ACPI shutdown)
 mods="$root/lib/modules/extra"; mkdir -p "$mods"
-modfile() { find "$moddir/kernel" -name "$1.ko" -o -name "$1.ko.xz" | head -n 1; }
 copy_mod() {
   local f; f="$(modfile "$1")"; [ -n "$f" ] || die "kernel module $1 not found under $moddir"
   case "$f" in *.xz) xz -dc "$f" > "$2/$1.ko" ;; *) cp "$f" "$2/$1.ko" ;; esac
 }
 for m in button evdev; do copy_mod "$m" "$mods"; done
+fi # tiny root filesystem
 
 # initramfs: busybox + the modules needed to reach the ext4 root on virtio
 ird="$work/initramfs"; mkdir -p "$ird"/{bin,dev,proc,sys,newroot,lib/modules}
@@ -141,7 +162,12 @@ cp "$here/initramfs/init" "$ird/init"; chmod 755 "$ird/init"
 python3 "$here/extract-vmlinux.py" "$kernel" "$work/vmlinux"
 
 # disk: MBR, p1 FAT16 (syslinux + kernel + initrd), p2 ext4 root — written without mounting
-size_mib=2048; boot_mib=64; p1_start=2048; p1_sectors=$((boot_mib * 2048)); p2_start=$((p1_start + p1_sectors))
+size_mib=2048
+if [ "$profile" = debian ]; then # what the tree holds + 30 % + 512 MiB, in 256 MiB steps (grown at first boot anyway)
+  used_mib=$(du -sm "$root" | cut -f1)
+  size_mib=$(( (64 + used_mib * 13 / 10 + 512 + 255) / 256 * 256 ))
+fi
+boot_mib=64; p1_start=2048; p1_sectors=$((boot_mib * 2048)); p2_start=$((p1_start + p1_sectors))
 raw="$work/disk.raw"
 truncate -s "${size_mib}M" "$raw"
 printf 'label: dos\n%s,%s,c,*\n%s,,83\n' "$p1_start" "$p1_sectors" "$p2_start" | sfdisk -q "$raw" >/dev/null
@@ -161,8 +187,12 @@ EOF
 cp "$kernel" "$work/vmlinuz"
 mcopy -o -i "$raw@@$p1_off" "$work/syslinux.cfg" "$work/vmlinuz" "$work/initrd.gz" ::/
 p2_bytes=$(( (size_mib * 1024 * 1024) - p2_off ))
-mkfs.ext4 -q -F -L tinyroot -b 4096 -I 256 -E "root_owner=0:0,offset=$p2_off" -d "$root" "$raw" $((p2_bytes / 4096)) >/dev/null
+mkfs.ext4 -q -F -L "${profile}root" -b 4096 -I 256 -E "root_owner=0:0,offset=$p2_off" -d "$root" "$raw" $((p2_bytes / 4096)) >/dev/null
 
+# A first build is made in a hidden directory renamed into place at the end, so a build that
+# fails half-way is never offered as an image; a rebuild replaces file by file, manifest last.
+final="$out"
+if [ ! -e "$final" ]; then out="$(dirname "$final")/.$(basename "$final").partial"; rm -rf "$out"; fi
 mkdir -p "$out"
 tmpq="$out/.disk.qcow2.tmp"
 qemu-img convert -f raw -O qcow2 "$raw" "$tmpq"
@@ -173,7 +203,7 @@ mv "$tmpq" "$out/disk.qcow2"
 chmod 644 "$out"/*
 cat > "$out/manifest.json.tmp" <<EOF
 {
-  "name": "tiny",
+  "name": "$profile",
   "arch": "x86_64",
   "disk": "disk.qcow2",
   "kernel": "vmlinux",
@@ -182,14 +212,18 @@ cat > "$out/manifest.json.tmp" <<EOF
   "ssh_user": "root",
   "machine": "pc",
   "cpu": "qemu64,+rdrand",
-  "ready_marker": "tiny-guest: rcS done",
-  "refresh": "/sbin/vm-refresh",
+$(if [ "$profile" = tiny ]; then
+    printf '  "ready_marker": "tiny-guest: rcS done",\n  "refresh": "/sbin/vm-refresh",'
+  else
+    printf '  "ready_marker": "debian-guest: ready",\n  "refresh": "/usr/local/sbin/vm-refresh",'
+  fi)
   "kernel_version": "$kver",
   "source_hash": "$(bash "$(dirname "${BASH_SOURCE[0]}")/source-hash.sh")",
   "built_at": $(date +%s)
 }
 EOF
 mv "$out/manifest.json.tmp" "$out/manifest.json"
+[ "$out" = "$final" ] || { mv "$out" "$final"; out="$final"; }
 end=$(date +%s.%N)
 printf 'guest image built in %.1f s: %s (disk %s, initrd %s, vmlinux %s)\n' "$(echo "$end - $start" | bc 2>/dev/null || python3 -c "print($end-$start)")" \
   "$out" "$(du -h "$out/disk.qcow2" | cut -f1)" "$(du -h "$out/initrd.gz" | cut -f1)" "$(du -h "$out/vmlinux" | cut -f1)"

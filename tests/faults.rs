@@ -112,7 +112,7 @@ async fn full_base_dir() {
             .await;
     // The image lives elsewhere (symlinked); fill what is left.
     let _ = std::fs::create_dir_all(mnt.join("images"));
-    let _ = std::os::unix::fs::symlink(image_dir(), mnt.join("images/tiny"));
+    let _ = std::os::unix::fs::symlink(image_dir(), mnt.join("images").join(image_name()));
     let _ = Command::new("dd").args(["if=/dev/zero", "bs=64k"]).arg(format!("of={}", mnt.join("filler").display())).status();
     let (st, v) = s.post("/vms", json!({"vcpus": 1, "mem_mib": 256, "disk_gib": 5})).await;
     assert_eq!(st, 507, "{v}");
@@ -159,7 +159,7 @@ async fn a_pause_that_cannot_be_saved_leaves_the_vm_running() {
     })
     .await;
     let _ = std::fs::create_dir_all(mnt.join("images"));
-    let _ = std::os::unix::fs::symlink(image_dir(), mnt.join("images/tiny"));
+    let _ = std::os::unix::fs::symlink(image_dir(), mnt.join("images").join(image_name()));
     let id = s.running_vm().await;
     s.exec(&id, "echo hello > /root/kept").await;
     let _ = Command::new("dd").args(["if=/dev/zero", "bs=64k"]).arg(format!("of={}", mnt.join("filler").display())).status();

@@ -327,6 +327,7 @@ async fn console_stream_follows_the_boot_and_ends_with_the_vm() {
     assert_eq!(r.status(), 200);
     let mut sse = SseReader::new(r);
     let (mut text, mut kernel_at, mut marker_at) = (String::new(), None, None);
+    let marker = ready_marker();
     let t0 = Instant::now();
     while marker_at.is_none() {
         let (kind, data) = tokio::time::timeout(Duration::from_secs(180), sse.next()).await.expect("console went quiet").expect("stream ended");
@@ -338,13 +339,13 @@ async fn console_stream_follows_the_boot_and_ends_with_the_vm() {
         if kernel_at.is_none() && text.contains("Linux version") {
             kernel_at = Some(t0.elapsed());
         }
-        if text.contains("rcS done") {
+        if text.contains(&marker) {
             marker_at = Some(t0.elapsed());
         }
     }
     let (k, m) = (kernel_at.expect("kernel banner"), marker_at.unwrap());
     assert!(m > k + Duration::from_millis(500), "the boot arrived all at once (kernel {k:?}, marker {m:?}), not as it happened");
-    assert!(text.find("Linux version") < text.find("rcS done"));
+    assert!(text.find("Linux version") < text.find(&marker));
     assert_eq!(s.wait_settled(&id).await["state"], "running");
     let (st, _) = s.call(Method::DELETE, &format!("/vms/{id}"), None).await;
     assert_eq!(st, 200);

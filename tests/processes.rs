@@ -197,12 +197,18 @@ async fn apps_in_the_guest_are_reached_through_proxy_and_preview() {
     let vm = format!("/vms/{id}");
     install_app(&s, &id).await;
     start(&s, &id, "LD_LIBRARY_PATH=/opt/t exec /opt/t/guest_app 8000").await;
-    start(&s, &id, "mkdir -p /srv/www && echo '<h1>busybox page</h1>' > /srv/www/index.html && exec busybox httpd -f -p 127.0.0.1:8081 -h /srv/www").await;
+    // The image's own static file server: busybox httpd on tiny, python3's on debian.
+    let (server, process) = if image_name() == "tiny" {
+        ("exec busybox httpd -f -p 127.0.0.1:8081 -h /srv/www", "busybox")
+    } else {
+        ("exec python3 -m http.server --bind 127.0.0.1 --directory /srv/www 8081", "python3")
+    };
+    start(&s, &id, &format!("mkdir -p /srv/www && echo '<h1>static page</h1>' > /srv/www/index.html && {server}")).await;
     let p = wait_listening(&s, &id, 8000).await;
     assert_eq!((p["address"].clone(), p["process"].clone()), (json!("127.0.0.1"), json!("guest_app")), "{p}");
     assert!(p["pid"].as_u64().is_some(), "{p}");
     let p = wait_listening(&s, &id, 8081).await;
-    assert_eq!(p["process"], "busybox", "{p}");
+    assert_eq!(p["process"], process, "{p}");
     let (_, ports) = s.get(&format!("{vm}/listening-ports")).await;
     assert!(ports.as_array().unwrap().iter().all(|p| p["port"] != 22), "SSH is hidden: {ports}");
 
@@ -218,7 +224,7 @@ async fn apps_in_the_guest_are_reached_through_proxy_and_preview() {
     assert_eq!(base64::engine::general_purpose::STANDARD.decode(v["body_b64"].as_str().unwrap()).unwrap(), b"5 532", "{v}");
     let (_, v) = s.post(&format!("{vm}/proxy"), json!({"target_port": 8081})).await;
     assert!(
-        String::from_utf8(base64::engine::general_purpose::STANDARD.decode(v["body_b64"].as_str().unwrap()).unwrap()).unwrap().contains("busybox page"),
+        String::from_utf8(base64::engine::general_purpose::STANDARD.decode(v["body_b64"].as_str().unwrap()).unwrap()).unwrap().contains("static page"),
         "{v}"
     );
     let (_, v) = s.post(&format!("{vm}/proxy"), json!({"target_port": 8099})).await;

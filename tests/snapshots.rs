@@ -16,7 +16,13 @@ fn host_now() -> i64 {
 /// its SSH host key.
 async fn identity(s: &Service, id: &str) -> Vec<String> {
     let v = s
-        .exec(id, "cat /etc/vm-id; hostname; date +%s; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; sha256sum /etc/dropbear/dropbear_ed25519_host_key | cut -c1-16")
+        .exec(
+            id,
+            &format!(
+                "cat /etc/vm-id; hostname; date +%s; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; sha256sum {} | cut -c1-16",
+                host_key_file()
+            ),
+        )
         .await;
     assert_eq!(v["exit_code"], 0, "{v}");
     v["stdout"].as_str().unwrap().lines().map(str::to_string).collect()
@@ -34,13 +40,14 @@ async fn clones_of_a_warm_snapshot_are_vms_of_their_own() {
     let mut s = Service::start(Opts { extra: vec![("VM_ACCEL".into(), "tcg".into())], ..Default::default() }).await;
     let (st, images) = s.get("/images").await;
     assert_eq!(st, 200);
-    let tiny = images.as_array().unwrap().iter().find(|i| i["name"] == "tiny").unwrap_or_else(|| panic!("{images}"));
-    assert_eq!((tiny["boot"].as_str(), tiny["ssh_user"].as_str(), tiny["snapshots"].as_bool()), (Some("kernel"), Some("root"), Some(true)), "{tiny}");
-    assert!(tiny["virtual_size"].as_u64().unwrap() >= 1 << 30 && tiny["source_hash"].is_string() && tiny["built_at"].as_f64().unwrap() > 1.7e9, "{tiny}");
-    let (st, snap) = s.post("/images/tiny/snapshots", json!({"vcpus": 1, "mem_mib": 256})).await;
+    let img = image_name();
+    let im = images.as_array().unwrap().iter().find(|i| i["name"] == img.as_str()).unwrap_or_else(|| panic!("{images}"));
+    assert_eq!((im["boot"].as_str(), im["ssh_user"].as_str(), im["snapshots"].as_bool()), (Some("kernel"), Some("root"), Some(true)), "{im}");
+    assert!(im["virtual_size"].as_u64().unwrap() >= 1 << 30 && im["source_hash"].is_string() && im["built_at"].as_f64().unwrap() > 1.7e9, "{im}");
+    let (st, snap) = s.post(&format!("/images/{}/snapshots", image_name()), json!({"vcpus": 1, "mem_mib": 256})).await;
     assert_eq!(st, 201, "{snap}\n{}", s.log());
     assert_eq!(snap["usable"], true, "{snap}");
-    let (_, list) = s.get("/images/tiny/snapshots").await;
+    let (_, list) = s.get(&format!("/images/{}/snapshots", image_name())).await;
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
     let (st, v) = s.post("/images/nope/snapshots", json!({"vcpus": 1, "mem_mib": 256})).await;
     assert_eq!(st, 422, "{v}");
@@ -86,16 +93,16 @@ async fn clones_of_a_warm_snapshot_are_vms_of_their_own() {
     for id in [&a, &b] {
         assert_eq!(s.call(Method::DELETE, &format!("/vms/{id}"), None).await.0, 200);
     }
-    assert_eq!(s.get("/images/tiny/snapshots").await.1.as_array().unwrap().len(), 1, "deleting clones keeps the snapshot");
+    assert_eq!(s.get(&format!("/images/{}/snapshots", image_name())).await.1.as_array().unwrap().len(), 1, "deleting clones keeps the snapshot");
 }
 
 #[tokio::test]
 async fn a_restore_that_fails_boots_cold_and_says_why() {
     let s = Service::start(Opts { extra: vec![("VM_ACCEL".into(), "tcg".into())], ..Default::default() }).await;
-    let (st, snap) = s.post("/images/tiny/snapshots", json!({"vcpus": 1, "mem_mib": 256})).await;
+    let (st, snap) = s.post(&format!("/images/{}/snapshots", image_name()), json!({"vcpus": 1, "mem_mib": 256})).await;
     assert_eq!(st, 201, "{snap}");
     // Same size, garbage inside: only QEMU can tell.
-    let state = s.base.join("snapshots/tiny/1c256m/state.bin");
+    let state = s.base.join("snapshots").join(image_name()).join("1c256m/state.bin");
     let len = std::fs::metadata(&state).unwrap().len();
     std::fs::write(&state, vec![0x5a; len as usize]).unwrap();
     let ev = s.client.get(s.url("/events")).bearer_auth(TOKEN).send().await.unwrap();

@@ -15,19 +15,44 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// The guest image built by guest/build.sh (built on first use).
+/// The image the suite runs on: VM_TEST_IMAGE (tiny, the default, or debian).
+pub fn image_name() -> String {
+    std::env::var("VM_TEST_IMAGE").ok().filter(|s| !s.trim().is_empty()).unwrap_or_else(|| "tiny".into())
+}
+
+/// The guest image built by guest/build.sh (the tiny one is built on first use; the
+/// debian one by `guest/build.sh --profile debian`): VM_TEST_IMAGE_DIR, or
+/// /var/lib/vm-service/images/<VM_TEST_IMAGE>.
 pub fn image_dir() -> PathBuf {
-    let dir = std::env::var("VM_TEST_IMAGE_DIR").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from("/var/lib/vm-service/images/tiny"));
+    let name = image_name();
+    let dir = std::env::var("VM_TEST_IMAGE_DIR").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(format!("/var/lib/vm-service/images/{name}")));
     let lock = std::fs::OpenOptions::new().create(true).append(true).open("/tmp/vm-service-image-build.lock").unwrap();
     // One builder at a time across test binaries.
     let fd = std::os::fd::AsRawFd::as_raw_fd(&lock);
     unsafe { libc_flock(fd) };
     if !dir.join("manifest.json").is_file() {
+        assert_eq!(name, "tiny", "no {name} image at {}: build it with  guest/build.sh --profile {name} --out {}", dir.display(), dir.display());
         let status =
             Command::new("bash").arg(concat!(env!("CARGO_MANIFEST_DIR"), "/guest/build.sh")).arg("--out").arg(&dir).status().expect("running guest/build.sh");
         assert!(status.success(), "guest/build.sh failed");
     }
     dir
+}
+
+/// The line the test image prints on its serial console once it is up (its manifest's
+/// ready_marker).
+pub fn ready_marker() -> String {
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(image_dir().join("manifest.json")).unwrap()).unwrap();
+    m["ready_marker"].as_str().expect("the image's manifest has a ready_marker").to_string()
+}
+
+/// The SSH host key file of the test image's server (dropbear on tiny, OpenSSH on debian).
+pub fn host_key_file() -> &'static str {
+    if image_name() == "tiny" {
+        "/etc/dropbear/dropbear_ed25519_host_key"
+    } else {
+        "/etc/ssh/ssh_host_ed25519_key"
+    }
 }
 
 unsafe extern "C" {
@@ -122,7 +147,8 @@ impl Service {
         if opts.with_image {
             let img = image_dir();
             std::fs::create_dir_all(base.join("images")).unwrap();
-            std::os::unix::fs::symlink(&img, base.join("images/tiny")).unwrap();
+            std::os::unix::fs::symlink(&img, base.join("images").join(image_name())).unwrap();
+            env.push(("VM_BASE_IMAGE".into(), image_name()));
         }
         if let Some(u) = &opts.redis_url {
             env.push(("REDIS_URL".into(), u.clone()));
