@@ -10,6 +10,7 @@
 # Results: printed as a markdown table and written to bench/results/<UTC time>.json.
 #   bash bench/run.sh --snapshots   snapshot figures instead (bench/snapshots.py): restored
 #                                   vs cold creates, pause, resume, fork, QEMU memory.
+#                                   VM_BENCH_IMAGE=debian: the same on the Debian guest.
 #   bash bench/run.sh --preview     preview figures (bench/preview.py): 1 KiB GET through the
 #                                   preview vs an ssh -L forward, 64 MiB both ways with the
 #                                   service's RSS, 100 concurrent requests.
@@ -18,7 +19,8 @@ mode=main
 case "${1:-}" in --snapshots) mode=snapshots; shift ;; --preview) mode=preview; shift ;; esac
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/vm-service-target}"
-image="${VM_BENCH_IMAGE_DIR:-${VM_BASE_DIR:-/var/lib/vm-service}/images/tiny}"
+name="${VM_BENCH_IMAGE:-tiny}"
+image="${VM_BENCH_IMAGE_DIR:-${VM_BASE_DIR:-/var/lib/vm-service}/images/$name}"
 [ -f "$image/manifest.json" ] || { echo "no guest image at $image (run scripts/setup.sh or set VM_BENCH_IMAGE_DIR)" >&2; exit 1; }
 (cd "$here" && cargo build --release --locked)
 [ "$mode" = preview ] && (cd "$here" && cargo build --release --locked --example guest_app)
@@ -39,12 +41,13 @@ trap cleanup EXIT
 sport="$(free_port)"
 token="bench-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 mkdir -p "$work/base/images"
-ln -s "$image" "$work/base/images/tiny"
+ln -s "$image" "$work/base/images/$name"
 # The same image without its identity refresh command: never restored, always booted cold.
-mkdir -p "$work/base/images/tiny-cold"
-for f in "$image"/*; do [ "$(basename "$f")" = manifest.json ] || ln -s "$f" "$work/base/images/tiny-cold/"; done
-python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); m.pop("refresh", None); m["name"]="tiny-cold"; json.dump(m, open(sys.argv[2], "w"))' \
-  "$image/manifest.json" "$work/base/images/tiny-cold/manifest.json"
+mkdir -p "$work/base/images/$name-cold"
+for f in "$image"/*; do [ "$(basename "$f")" = manifest.json ] || ln -s "$f" "$work/base/images/$name-cold/"; done
+python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); m.pop("refresh", None); m["name"]=sys.argv[3]; json.dump(m, open(sys.argv[2], "w"))' \
+  "$image/manifest.json" "$work/base/images/$name-cold/manifest.json" "$name-cold"
+export VM_BASE_IMAGE="$name"
 export VM_BASE_DIR="$work/base" AUTH_TOKEN="$token" NODE_NAME=bench-node RUST_LOG=warn
 if [ "${CATALOG:-embedded}" = redis ]; then
   rport="$(free_port)"
@@ -74,7 +77,7 @@ if [ "$mode" = preview ]; then
   python3 "$here/bench/preview.py" --url "http://127.0.0.1:$sport" --token "$token" --base-dir "$work/base" --service-pid "${pids[-1]}" \
     --app "$CARGO_TARGET_DIR/release/examples/guest_app" --json "$out" "$@"
 elif [ "$mode" = snapshots ]; then
-  python3 "$here/bench/snapshots.py" --url "http://127.0.0.1:$sport" --token "$token" --base-dir "$work/base" --json "$out" "$@"
+  python3 "$here/bench/snapshots.py" --url "http://127.0.0.1:$sport" --token "$token" --base-dir "$work/base" --image "$name" --json "$out" "$@"
 else
   python3 "$here/bench/bench.py" --url "http://127.0.0.1:$sport" --token "$token" --node bench-node --json "$out" "$@"
 fi

@@ -6,8 +6,9 @@ and QEMU memory of restored vs cold VMs.
   bench/snapshots.py --url http://127.0.0.1:8080 --token T --base-dir DIR [-n 5] [--clones 10] [--json out.json]
 
 `--base-dir` is the service's VM_BASE_DIR (QEMU pids are read from it for RSS/PSS). The
-image `tiny` restores from its snapshot; `tiny-cold` (the same image without an identity
-refresh command, so never restored) boots cold. bench/run.sh --snapshots sets both up.
+image `--image` (default tiny) restores from its snapshot; `<image>-cold` (the same image
+without an identity refresh command, so never restored) boots cold. bench/run.sh --snapshots
+sets both up.
 """
 import argparse, json, os, statistics, sys, time
 
@@ -64,8 +65,10 @@ def main():
     ap.add_argument("--base-dir", required=True)
     ap.add_argument("-n", type=int, default=5)
     ap.add_argument("--clones", type=int, default=10)
+    ap.add_argument("--image", default="tiny")
     ap.add_argument("--json")
     a = ap.parse_args()
+    cold = f"{a.image}-cold"
     api = Api(a.url, a.token, "A")
     res, notes, made = {}, [], []
 
@@ -73,7 +76,7 @@ def main():
         res.setdefault(key, []).append(x)
 
     t = time.perf_counter()
-    st, snap = api.call("POST", "/images/tiny/snapshots", {"vcpus": 1, "mem_mib": 256})
+    st, snap = api.call("POST", f"/images/{a.image}/snapshots", {"vcpus": 1, "mem_mib": 256})
     if st != 201:
         raise SystemExit(f"snapshot: {st} {snap}")
     add("snapshot_make_s", time.perf_counter() - t)
@@ -84,7 +87,7 @@ def main():
     # 1. create → running and → first execute-sh, restored vs cold, alternating; each VM is
     # deleted after it answered (idle TCG guests still cost CPU), but for one of each kind.
     for i in range(a.n):
-        for image, key in ([("tiny", "snap"), ("tiny-cold", "cold")] if i % 2 == 0 else [("tiny-cold", "cold"), ("tiny", "snap")]):
+        for image, key in ([(a.image, "snap"), (cold, "cold")] if i % 2 == 0 else [(cold, "cold"), (a.image, "snap")]):
             vid, running, exec_s, how = create_to_exec(api, image)
             add(f"{key}_running_s", running)
             add(f"{key}_first_exec_s", exec_s)
@@ -137,7 +140,7 @@ def main():
     made.clear()
 
     # 5. N restored clones vs N cold VMs: total QEMU memory, idle.
-    for key, image in (("snap", "tiny"), ("cold", "tiny-cold")):
+    for key, image in (("snap", a.image), ("cold", cold)):
         ids = [create_to_exec(api, image)[0] for _ in range(a.clones)]
         time.sleep(10)
         mems = [mem_of(a.base_dir, v) for v in ids]

@@ -218,7 +218,7 @@ $(if [ "$profile" = tiny ]; then
     printf '  "ready_marker": "debian-guest: ready",\n  "refresh": "/usr/local/sbin/vm-refresh",'
   fi)
   "kernel_version": "$kver",
-  "source_hash": "$(bash "$(dirname "${BASH_SOURCE[0]}")/source-hash.sh")",
+  "source_hash": "$(bash "$(dirname "${BASH_SOURCE[0]}")/source-hash.sh" "$profile")",
   "built_at": $(date +%s)
 }
 EOF

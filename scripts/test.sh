@@ -5,11 +5,14 @@
 # boot real QEMU guests under TCG. VM tests run with limited parallelism.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$here/scripts/setup.sh"
+# VM_TEST_IMAGE=debian runs the whole suite on the Debian guest (built here when missing).
+image="${VM_TEST_IMAGE:-tiny}"
+bash "$here/scripts/setup.sh" --image "$image"
 if [ -z "${VM_BASE_DIR:-}" ]; then
   if [ "$(id -u)" = 0 ]; then VM_BASE_DIR=/var/lib/vm-service; else VM_BASE_DIR="$HOME/.local/share/vm-service"; fi
 fi
-export VM_TEST_IMAGE_DIR="${VM_TEST_IMAGE_DIR:-$VM_BASE_DIR/images/tiny}"
+export VM_TEST_IMAGE="$image"
+export VM_TEST_IMAGE_DIR="${VM_TEST_IMAGE_DIR:-$VM_BASE_DIR/images/$image}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/vm-service-target}"
 cd "$here"
 # Style and lints first: cheap, and a failure here is a failure of the run.

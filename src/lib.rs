@@ -3,6 +3,7 @@
 pub mod api;
 pub mod catalog;
 pub mod config;
+pub mod doctor;
 pub mod guest;
 pub mod manager;
 pub mod model;

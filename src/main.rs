@@ -22,6 +22,10 @@ enum Cmd {
     },
     /// Print the OpenAPI document.
     Openapi,
+    /// Check whether this host can run VMs with these settings (QEMU, qemu-img, KVM, the
+    /// guest image, isolation, disk, ports, Redis): one line per check with what to do;
+    /// exit status 1 when something blocks.
+    Doctor(Box<Settings>),
 }
 
 fn init_logs(format: LogFormat) {
@@ -56,6 +60,18 @@ async fn main() -> std::process::ExitCode {
                     eprintln!("vm-service: {e:#}");
                     std::process::ExitCode::FAILURE
                 }
+            }
+        }
+        Cmd::Doctor(s) => {
+            let checks = vm_service::doctor::run(*s, |c| println!("{c}")).await;
+            let blocked = checks.iter().filter(|c| c.status == vm_service::doctor::Status::Fail).count();
+            let warned = checks.iter().filter(|c| c.status == vm_service::doctor::Status::Warn).count();
+            if blocked > 0 {
+                println!("\n{blocked} check(s) block running VMs ({warned} warning(s))");
+                std::process::ExitCode::FAILURE
+            } else {
+                println!("\nready to run VMs ({warned} warning(s))");
+                std::process::ExitCode::SUCCESS
             }
         }
         Cmd::Serve(s) => {

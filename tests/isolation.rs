@@ -9,10 +9,26 @@ use serde_json::json;
 
 /// Runs the three probes in parallel inside `id`; returns what each one received.
 async fn probe(s: &Service, id: &str, api_port: u16, redis_port: u16, ssh_port: u64) -> (String, String, String) {
+    // nc where the guest has it (busybox), else the same client in python3 (Debian).
+    let client = "p() { if command -v nc >/dev/null 2>&1; then timeout 20 nc 10.0.2.2 \"$1\"; else timeout 20 python3 -c '\
+import socket, sys
+s = socket.socket()
+try:
+    s.connect((\"10.0.2.2\", int(sys.argv[1])))
+except OSError as e:
+    print(e)
+    sys.exit(1)
+s.sendall(sys.stdin.buffer.read())
+while True:
+    d = s.recv(4096)
+    if not d:
+        break
+    sys.stdout.buffer.write(d)
+    sys.stdout.flush()' \"$1\"; fi; }";
     let cmd = format!(
-        "(printf 'GET /health HTTP/1.0\\r\\n\\r\\n' | timeout 20 nc 10.0.2.2 {api_port} > /tmp/p.api 2>&1) & \
-         (printf 'PING\\r\\n' | timeout 20 nc 10.0.2.2 {redis_port} > /tmp/p.redis 2>&1) & \
-         (timeout 20 nc 10.0.2.2 {ssh_port} < /dev/null | head -c 8 > /tmp/p.ssh 2>&1) & \
+        "{client}; (printf 'GET /health HTTP/1.0\\r\\n\\r\\n' | p {api_port} > /tmp/p.api 2>&1) & \
+         (printf 'PING\\r\\n' | p {redis_port} > /tmp/p.redis 2>&1) & \
+         (p {ssh_port} < /dev/null | head -c 8 > /tmp/p.ssh 2>&1) & \
          wait; for f in api redis ssh; do echo \"== $f\"; cat /tmp/p.$f; echo; done"
     );
     let (_, v) = s.post(&format!("/vms/{id}/execute-sh"), json!({"command": cmd, "timeout": 120})).await;

@@ -284,7 +284,13 @@ impl Manager {
     /// What a restored guest needs before it is a VM of its own: a restore gets the new id,
     /// hostname, host key, randomness and the host's clock (vm-refresh); a resume the clock.
     async fn after_restore(&self, id: &str, guest: &GuestVm, start: &Start) -> Result<()> {
-        let epoch = now() as u64;
+        if matches!(start, Start::Cold) {
+            return Ok(());
+        }
+        // The host's time is read once a session is open: a new OpenSSH session under TCG
+        // takes a second or two, which would otherwise be missing from the guest's clock.
+        guest.run_checked(&crate::guest::cmd::ok(), Duration::from_secs(30)).await?;
+        let epoch = now().round() as u64;
         match start {
             Start::Cold => Ok(()),
             Start::Resume => {

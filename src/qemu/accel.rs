@@ -35,7 +35,7 @@ pub async fn probe(qemu_bin: &str, arch: Arch, kernel: Option<&Path>, budget: Du
         .args(["-append", &format!("{console} panic=-1 root=/dev/nonexistent")])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
     {
@@ -55,12 +55,23 @@ pub async fn probe(qemu_bin: &str, arch: Arch, kernel: Option<&Path>, budget: Du
     })
     .await
     .unwrap_or(false);
-    let _ = child.kill().await;
+    let elapsed = start.elapsed();
     if reached {
-        ProbeResult { accel: Accel::Kvm, reason: format!("KVM probe guest reached its root mount in {:.1} s", start.elapsed().as_secs_f64()) }
-    } else {
-        tcg(format!("KVM probe guest made no progress within {:.0} s (nested/PVM KVM?); using TCG", budget.as_secs_f64()))
+        let _ = child.kill().await;
+        return ProbeResult { accel: Accel::Kvm, reason: format!("KVM probe guest reached its root mount in {:.1} s", elapsed.as_secs_f64()) };
     }
+    if elapsed < budget {
+        // QEMU ended by itself: what it said is the reason (e.g. an MSR KVM refuses).
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), tokio::io::AsyncReadExt::read_to_string(&mut e, &mut err)).await;
+        }
+        let _ = child.kill().await;
+        let said = err.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("no message").trim().to_string();
+        return tcg(format!("QEMU under KVM exited after {:.1} s ({said}); using TCG", elapsed.as_secs_f64()));
+    }
+    let _ = child.kill().await;
+    tcg(format!("KVM probe guest made no progress within {:.0} s (nested/PVM KVM?); using TCG", budget.as_secs_f64()))
 }
 
 /// A probe result stored under VM_BASE_DIR, valid for the same `key` (host boot id,

@@ -70,9 +70,18 @@ pub async fn install(enabled: bool, run_as: Option<(u32, u32)>) -> IsolationStat
     }
 }
 
+/// Whether nft would accept `rules` (`nft -c`: checked, nothing applied).
+pub async fn check(rules: &str) -> Result<(), String> {
+    nft(rules, true).await
+}
+
 async fn load(rules: &str) -> Result<(), String> {
+    nft(rules, false).await
+}
+
+async fn nft(rules: &str, check_only: bool) -> Result<(), String> {
     let mut child = tokio::process::Command::new("nft")
-        .args(["-f", "-"])
+        .args(if check_only { &["-c", "-f", "-"][..] } else { &["-f", "-"][..] })
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
