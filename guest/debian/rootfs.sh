@@ -12,8 +12,9 @@ mirror="${VM_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 suite="${VM_DEBIAN_SUITE:-bookworm}"
 cache="${VM_DEBIAN_CACHE:-/var/cache/vm-service/debootstrap}"
 # python3-cffi-backend: cloud-init's python3-cryptography needs a virtual package that
-# debootstrap does not resolve; kmod: minbase has no modprobe, so udev could not load modules.
-pkgs="systemd-sysv,udev,kmod,dbus,openssh-server,openssh-sftp-server,cloud-init,python3-cffi-backend,cloud-guest-utils,fdisk,
+# debootstrap does not resolve; kmod: minbase has no modprobe, so udev could not load modules;
+# libnss-myhostname: the hostname (the VM id, new in every clone) resolves without /etc/hosts (sudo asks).
+pkgs="systemd-sysv,udev,kmod,dbus,libnss-myhostname,openssh-server,openssh-sftp-server,cloud-init,python3-cffi-backend,cloud-guest-utils,fdisk,
 e2fsprogs,iproute2,netbase,ca-certificates,procps,sudo,less,bash,coreutils,findutils,grep,tar,zip,unzip,python3,git,curl,
 linux-image-amd64"
 mkdir -p "$cache"

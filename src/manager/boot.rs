@@ -300,11 +300,12 @@ impl Manager {
             }
             Start::Restore(r) => {
                 let t0 = Instant::now();
-                let refresh = self.image_of(&self.get(id).await?)?.refresh.unwrap_or_else(|| "/sbin/vm-refresh".into());
+                let image = self.image_of(&self.get(id).await?)?;
+                let refresh = image.refresh.unwrap_or_else(|| "/sbin/vm-refresh".into());
                 let mut seed = [0u8; 32];
                 rand::Rng::fill(&mut rand::rng(), &mut seed);
                 let seed: String = seed.iter().map(|b| format!("{b:02x}")).collect();
-                let (key_file, key) = new_host_key()?;
+                let (key_file, key) = new_host_key(image.openssh_host_key)?;
                 guest.run_checked(&crate::guest::cmd::refresh(&refresh, id, epoch, &seed, &key_file), Duration::from_secs(30)).await?;
                 guest.retarget(id, &key);
                 self.emit_step(id, "identity_refreshed", Some(format!("restored from {} {}; refresh took {} ms", r.kind, r.from_id, t0.elapsed().as_millis())));
@@ -611,13 +612,20 @@ impl Manager {
 }
 
 /// A new SSH host key for a restored guest, made here (a guest under TCG takes ~150 ms to
-/// make and print one): the dropbear key file (base64) and the public key as the SSH
-/// client pins it.
-fn new_host_key() -> Result<(String, String)> {
+/// make and print one): the key file (base64; dropbear's format, or OpenSSH's when the
+/// image says so) and the public key as the SSH client pins it.
+fn new_host_key(openssh: bool) -> Result<(String, String)> {
     use base64::Engine;
     let mut seed = [0u8; 32];
     rand::Rng::fill(&mut rand::rng(), &mut seed);
     let pair = russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&seed);
+    let public = russh::keys::PublicKey::from(pair.public).to_openssh().map_err(|e| ManagerError::Internal(format!("encoding the new host key: {e}")))?;
+    if openssh {
+        let private = russh::keys::PrivateKey::from(pair)
+            .to_openssh(russh::keys::ssh_key::LineEnding::LF)
+            .map_err(|e| ManagerError::Internal(format!("encoding the new host key: {e}")))?;
+        return Ok((base64::engine::general_purpose::STANDARD.encode(private.as_bytes()), public));
+    }
     // dropbear's file: string "ssh-ed25519", then string (32-byte secret || 32-byte public).
     let mut file = Vec::with_capacity(83);
     file.extend_from_slice(&11u32.to_be_bytes());
@@ -625,7 +633,6 @@ fn new_host_key() -> Result<(String, String)> {
     file.extend_from_slice(&64u32.to_be_bytes());
     file.extend_from_slice(&seed);
     file.extend_from_slice(&pair.public.0);
-    let public = russh::keys::PublicKey::from(pair.public).to_openssh().map_err(|e| ManagerError::Internal(format!("encoding the new host key: {e}")))?;
     Ok((base64::engine::general_purpose::STANDARD.encode(file), public))
 }
 
@@ -639,4 +646,25 @@ struct Timings {
 /// Runs blocking file work off the async runtime.
 pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f).await.map_err(|e| ManagerError::Internal(format!("blocking task failed: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+
+    #[test]
+    fn host_keys_for_both_servers_hold_the_pinned_public_key() {
+        let (file, public) = new_host_key(true).unwrap();
+        let pem = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(file).unwrap()).unwrap();
+        assert!(pem.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----\n"), "{pem}");
+        let key = russh::keys::PrivateKey::from_openssh(&pem).unwrap();
+        assert_eq!(key.public_key().to_openssh().unwrap(), public);
+
+        let (file, public) = new_host_key(false).unwrap();
+        let raw = base64::engine::general_purpose::STANDARD.decode(file).unwrap();
+        assert_eq!((raw.len(), &raw[4..15]), (83, &b"ssh-ed25519"[..]));
+        let pk = russh::keys::ssh_key::public::Ed25519PublicKey(raw[51..83].try_into().unwrap());
+        assert_eq!(russh::keys::PublicKey::from(pk).to_openssh().unwrap(), public);
+    }
 }

@@ -341,7 +341,7 @@ impl Manager {
         // Killed on every way out below; a clean `quit` makes this a no-op.
         let stop = scopeguard(move || proc.signal(nix::sys::signal::Signal::SIGKILL));
         let boot_s = t0.elapsed().as_secs_f64();
-        guest.run_checked(&crate::guest::cmd::sync(), Duration::from_secs(60)).await?;
+        guest.run_checked(&crate::guest::cmd::settle(), Duration::from_secs(300)).await?;
         let host_key = guest.host_key().ok_or_else(|| ManagerError::Internal("the template guest's host key was not seen".into()))?;
         guest.close().await;
         let t_save = Instant::now();

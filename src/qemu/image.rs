@@ -25,6 +25,9 @@ pub struct Manifest {
     /// SEED`); images without one are never snapshotted.
     #[serde(default)]
     pub refresh: Option<String>,
+    /// How `refresh` takes the new SSH host key: "dropbear" (default) or "openssh".
+    #[serde(default)]
+    pub host_key_format: Option<String>,
     #[serde(default)]
     pub source_hash: Option<String>,
     /// Unix seconds of the build.
@@ -53,6 +56,8 @@ pub struct BaseImage {
     pub ready_marker: Option<String>,
     pub ssh_user: Option<String>,
     pub refresh: Option<String>,
+    /// The key file format `refresh` takes (see [`Manifest::host_key_format`]).
+    pub openssh_host_key: bool,
     pub source_hash: Option<String>,
     pub built_at: Option<f64>,
 }
@@ -60,7 +65,18 @@ pub struct BaseImage {
 impl BaseImage {
     /// A disk that boots its own bootloader, with nothing else known about it.
     fn plain(disk: PathBuf) -> BaseImage {
-        BaseImage { disk, boot: Boot::Disk, machine: None, cpu: None, ready_marker: None, ssh_user: None, refresh: None, source_hash: None, built_at: None }
+        BaseImage {
+            disk,
+            boot: Boot::Disk,
+            machine: None,
+            cpu: None,
+            ready_marker: None,
+            ssh_user: None,
+            refresh: None,
+            openssh_host_key: false,
+            source_hash: None,
+            built_at: None,
+        }
     }
 
     /// What identifies this image's content for a snapshot: its source hash, else the
@@ -146,6 +162,7 @@ impl BaseImage {
                     ready_marker: m.ready_marker,
                     ssh_user: m.ssh_user,
                     refresh: m.refresh,
+                    openssh_host_key: m.host_key_format.as_deref() == Some("openssh"),
                     source_hash: m.source_hash,
                     built_at: m.built_at,
                 })
