@@ -295,7 +295,10 @@ pub fn qemus_under(dir: &Path) -> Vec<i32> {
 impl Drop for Service {
     fn drop(&mut self) {
         self.kill9();
-        for pid in qemus_under(&self.base) {
+        // Every data dir this service used: its own, and one a test set with VM_BASE_DIR.
+        let mut dirs = vec![self.base.clone()];
+        dirs.extend(self.env.iter().filter(|(k, _)| k == "VM_BASE_DIR").map(|(_, v)| PathBuf::from(v)));
+        for pid in dirs.iter().flat_map(|d| qemus_under(d)) {
             unsafe { kill(pid, 9) };
         }
         if std::thread::panicking() {
