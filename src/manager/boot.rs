@@ -62,6 +62,8 @@ pub(crate) async fn reconnect(target: Target, limit: Duration) -> std::result::R
 struct LaunchGuard {
     slot: Arc<Slot>,
     live: Arc<Live>,
+    /// QEMU's pidfile: a killed QEMU leaves it behind, and a stopped VM must not have one.
+    pidfile: std::path::PathBuf,
     committed: bool,
 }
 
@@ -72,6 +74,7 @@ impl Drop for LaunchGuard {
         }
         self.live.stopping.store(true, Ordering::SeqCst);
         self.live.proc.signal(nix::sys::signal::Signal::SIGKILL);
+        let _ = std::fs::remove_file(&self.pidfile);
         let mut cur = lock(&self.slot.live);
         if cur.as_ref().is_some_and(|l| Arc::ptr_eq(l, &self.live)) {
             *cur = None;
@@ -423,7 +426,7 @@ impl Manager {
         *lock(&slot.live) = Some(live.clone());
         self.watch_qemu(id, live.clone(), exit, tx);
         self.watch_activity(id, live.clone());
-        let guard = LaunchGuard { slot: slot.clone(), live, committed: false };
+        let guard = LaunchGuard { slot: slot.clone(), live, pidfile: f.pidfile.clone(), committed: false };
         self.emit_step(id, "qemu_started", Some(format!("pid {pid}, accel {}", accel.as_str())));
         let (port, user) = (guard.live.port.port(), self.cfg.ssh_user.clone());
         self.catalog
