@@ -225,9 +225,8 @@ fn disk_check(cfg: &Resolved) -> Check {
             None => break,
         }
     }
-    match nix::sys::statvfs::statvfs(&dir) {
-        Ok(s) => {
-            let free_mib = s.blocks_available() * s.fragment_size() / (1024 * 1024);
+    match crate::manager::capacity::disk_free_mib(&dir) {
+        Ok(free_mib) => {
             let detail = format!("{:.1} GiB free at {}", free_mib as f64 / 1024.0, dir.display());
             if free_mib < cfg.min_free_disk_mib {
                 fail(
@@ -248,7 +247,7 @@ fn disk_check(cfg: &Resolved) -> Check {
 fn ports_check(cfg: &Resolved) -> Check {
     let range = format!("{}-{}", cfg.port_range.start(), cfg.port_range.end());
     match crate::qemu::ports::ephemeral_range() {
-        Some(eph) if cfg.port_range.start() <= eph.end() && eph.start() <= cfg.port_range.end() => warn(
+        Some(eph) if crate::qemu::ports::overlap(&cfg.port_range, &eph) => warn(
             "ports",
             format!("VM_PORT_RANGE {range} overlaps the kernel's ephemeral range {}-{}", eph.start(), eph.end()),
             "pick a VM_PORT_RANGE outside /proc/sys/net/ipv4/ip_local_port_range",

@@ -135,7 +135,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let catalog = open_catalog(&cfg).await?;
     restrict_modes(&cfg)?;
     if let Some(eph) = crate::qemu::ports::ephemeral_range() {
-        if cfg.port_range.start() <= eph.end() && eph.start() <= cfg.port_range.end() {
+        if crate::qemu::ports::overlap(&cfg.port_range, &eph) {
             tracing::warn!(range = ?cfg.port_range, ephemeral = ?eph, "VM_PORT_RANGE overlaps the kernel's ephemeral port range: another process's connection may take a VM's SSH port");
         }
     }

@@ -396,6 +396,12 @@ pub struct Grep<'a> {
     pub exclude_dirs: &'a [String],
 }
 
+/// ` \( -name A -o -name B … \)`: a `find` test true for any of `names` (each one quoted word).
+fn any_name(names: &[&str]) -> String {
+    let tests: Vec<String> = names.iter().map(|n| format!("-name {}", Word::arg(n).0)).collect();
+    format!(r" \( {} \)", tests.join(" -o "))
+}
+
 /// `find` picks the files and `grep` reads them: only regular files are read (a recursive
 /// busybox grep opens FIFOs, devices and /proc/kmsg, and blocks there until the deadline),
 /// and a search from `/` skips /proc, /sys and /dev. Directories named in `exclude_dirs`
@@ -405,24 +411,16 @@ pub fn grep(g: &Grep) -> Script {
     if g.root.trim_end_matches('/').is_empty() && g.root.starts_with('/') {
         s.0.push_str(r" \( -path /proc -o -path /sys -o -path /dev \) -prune -o");
     }
-    let dirs: Vec<&String> = g.exclude_dirs.iter().filter(|d| !d.trim().is_empty()).collect();
+    let dirs: Vec<&str> = g.exclude_dirs.iter().map(String::as_str).filter(|d| !d.trim().is_empty()).collect();
     if !dirs.is_empty() {
-        s.0.push_str(r" -type d \(");
-        for (i, d) in dirs.iter().enumerate() {
-            s.0.push_str(if i == 0 { " -name " } else { " -o -name " });
-            s.0.push_str(&Word::arg(d).0);
-        }
-        s.0.push_str(r" \) -prune -o");
+        s.0.push_str(" -type d");
+        s.0.push_str(&any_name(&dirs));
+        s.0.push_str(" -prune -o");
     }
     s.0.push_str(" -type f");
     let globs: Vec<&str> = g.include_globs.iter().map(|g| g.trim()).filter(|g| !g.is_empty() && *g != "*").collect();
     if !globs.is_empty() {
-        s.0.push_str(r" \(");
-        for (i, glob) in globs.iter().enumerate() {
-            s.0.push_str(if i == 0 { " -name " } else { " -o -name " });
-            s.0.push_str(&Word::arg(glob).0);
-        }
-        s.0.push_str(r" \)");
+        s.0.push_str(&any_name(&globs));
     }
     s.0.push_str(" -exec grep -HInI");
     if g.case_insensitive {

@@ -287,16 +287,10 @@ impl Manager {
     /// What a restored guest needs before it is a VM of its own: a restore gets the new id,
     /// hostname, host key, randomness and the host's clock (vm-refresh); a resume the clock.
     async fn after_restore(&self, id: &str, guest: &GuestVm, start: &Start) -> Result<()> {
-        if matches!(start, Start::Cold) {
-            return Ok(());
-        }
-        // The host's time is read once a session is open: a new OpenSSH session under TCG
-        // takes a second or two, which would otherwise be missing from the guest's clock.
-        guest.run_checked(&crate::guest::cmd::ok(), Duration::from_secs(30)).await?;
-        let epoch = now().round() as u64;
         match start {
             Start::Cold => Ok(()),
             Start::Resume => {
+                let epoch = host_time_for(guest).await?;
                 guest.run_checked(&crate::guest::cmd::set_clock(epoch), Duration::from_secs(30)).await?;
                 self.forget_saved(id).await;
                 Ok(())
@@ -309,6 +303,7 @@ impl Manager {
                 rand::Rng::fill(&mut rand::rng(), &mut seed);
                 let seed: String = seed.iter().map(|b| format!("{b:02x}")).collect();
                 let (key_file, key) = new_host_key(image.openssh_host_key)?;
+                let epoch = host_time_for(guest).await?;
                 guest.run_checked(&crate::guest::cmd::refresh(&refresh, id, epoch, &seed, &key_file), Duration::from_secs(30)).await?;
                 guest.retarget(id, &key);
                 self.emit_step(id, "identity_refreshed", Some(format!("restored from {} {}; refresh took {} ms", r.kind, r.from_id, t0.elapsed().as_millis())));
@@ -612,6 +607,14 @@ impl Manager {
         let _ = tokio::fs::remove_file(&f.pidfile).await;
         let _ = tokio::fs::remove_file(&f.qmp).await;
     }
+}
+
+/// The host's time (Unix seconds) to give `guest`, read once a session to it is open: a
+/// new OpenSSH session under TCG takes a second or two, which would otherwise be missing
+/// from the guest's clock.
+async fn host_time_for(guest: &GuestVm) -> Result<u64> {
+    guest.run_checked(&crate::guest::cmd::ok(), Duration::from_secs(30)).await?;
+    Ok(now().round() as u64)
 }
 
 /// A new SSH host key for a restored guest, made here (a guest under TCG takes ~150 ms to

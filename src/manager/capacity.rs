@@ -35,8 +35,13 @@ fn meminfo_mib(key: &str) -> Option<u64> {
     s.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).map(|kb| kb / 1024)
 }
 
+/// MiB free for an unprivileged writer on the filesystem holding `dir`.
+pub fn disk_free_mib(dir: &std::path::Path) -> nix::Result<u64> {
+    nix::sys::statvfs::statvfs(dir).map(|s| s.blocks_available() * s.fragment_size() / (1 << 20))
+}
+
 pub fn host_free(dir: &std::path::Path) -> HostFree {
-    let disk_free_mib = nix::sys::statvfs::statvfs(dir).map(|s| s.blocks_available() * s.fragment_size() / (1 << 20)).unwrap_or(u64::MAX);
+    let disk_free_mib = disk_free_mib(dir).unwrap_or(u64::MAX);
     HostFree {
         mem_total_mib: meminfo_mib("MemTotal:").unwrap_or(u64::MAX),
         mem_available_mib: meminfo_mib("MemAvailable:").unwrap_or(u64::MAX),

@@ -53,6 +53,11 @@ pub fn ephemeral_range() -> Option<RangeInclusive<u16>> {
     Some(it.next()?..=it.next()?)
 }
 
+/// Whether two port ranges share a port.
+pub fn overlap(a: &RangeInclusive<u16>, b: &RangeInclusive<u16>) -> bool {
+    a.start() <= b.end() && b.start() <= a.end()
+}
+
 /// Parses `LOW-HIGH`.
 pub fn parse_range(s: &str) -> Result<RangeInclusive<u16>, String> {
     let (a, b) = s.split_once('-').ok_or_else(|| format!("{s:?} is not LOW-HIGH"))?;
