@@ -1,7 +1,9 @@
 //! vm-service: a node service that runs ephemeral QEMU VMs behind a REST + WebSocket API.
-//! Layers, arrows one way: `api` → `manager` → drivers (`qemu`, `guest`, `catalog`).
+//! Layers, arrows one way: `api` → `manager` → drivers (`qemu`, `guest`, `catalog`);
+//! `cli` is a client of the HTTP API only.
 pub mod api;
 pub mod catalog;
+pub mod cli;
 pub mod config;
 pub mod doctor;
 pub mod guest;

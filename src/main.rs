@@ -26,6 +26,12 @@ enum Cmd {
     /// guest image, isolation, disk, ports, Redis): one line per check with what to do;
     /// exit status 1 when something blocks.
     Doctor(Box<Settings>),
+    /// A client of a running service: create (with progress), ls, show, exec, cp, shell,
+    /// console, start/stop/reboot/pause/resume, rm, ttl, fork, images. The URL and token come
+    /// from --url/--token, VM_SERVICE_URL/VM_SERVICE_TOKEN or ~/.config/vm-service/cli.env.
+    /// Exit status: the command's for exec, 2 when the service cannot be reached or refuses
+    /// the token, 1 for other errors.
+    Vm(Box<vm_service::cli::VmArgs>),
 }
 
 fn init_logs(format: LogFormat) {
@@ -44,6 +50,11 @@ async fn main() -> std::process::ExitCode {
     let _ = dotenvy::dotenv();
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Vm(args) => {
+            let code = vm_service::cli::run(*args).await;
+            // At once: a read of stdin (shell) must not hold the exit.
+            std::process::exit(code.into());
+        }
         Cmd::Openapi => {
             use utoipa::OpenApi;
             println!("{}", vm_service::api::ApiDoc::openapi().to_pretty_json().unwrap_or_default());

@@ -284,7 +284,9 @@ pub fn qemus_under(dir: &Path) -> Vec<i32> {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
         if let Ok(c) = std::fs::read(format!("/proc/{pid}/cmdline")) {
             let c = String::from_utf8_lossy(&c);
-            if c.contains("qemu-system") && c.contains(&needle) && alive(pid) {
+            // The KVM probe's QEMU (a kernel with no root disk, gone in seconds) is not a VM.
+            let probe = c.contains("root=/dev/nonexistent");
+            if c.contains("qemu-system") && c.contains(&needle) && !probe && alive(pid) {
                 out.push(pid);
             }
         }
