@@ -8,6 +8,16 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # VM_TEST_IMAGE=debian runs the whole suite on the Debian guest (built here when missing).
 image="${VM_TEST_IMAGE:-tiny}"
 bash "$here/scripts/setup.sh" --image "$image"
+# The tests also need a browser (the web console's test) and systemd's unit checker.
+test_pkgs=()
+command -v chromium >/dev/null 2>&1 || test_pkgs+=(chromium)
+command -v systemd-analyze >/dev/null 2>&1 || test_pkgs+=(systemd)
+if [ "${#test_pkgs[@]}" -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || { echo "test.sh: run as root to install: ${test_pkgs[*]}" >&2; exit 1; }
+  echo "test.sh: installing ${test_pkgs[*]}"
+  apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${test_pkgs[@]}" >/dev/null
+fi
 if [ -z "${VM_BASE_DIR:-}" ]; then
   if [ "$(id -u)" = 0 ]; then VM_BASE_DIR=/var/lib/vm-service; else VM_BASE_DIR="$HOME/.local/share/vm-service"; fi
 fi

@@ -18,6 +18,7 @@ pub mod schema_check;
 pub mod search;
 pub mod sse;
 pub mod tty;
+pub mod ui;
 pub mod vms;
 
 use crate::manager::Manager;
@@ -194,6 +195,7 @@ pub fn router(state: AppState) -> axum::Router {
         .layer(DefaultBodyLimit::disable());
     routes
         .merge(docs)
+        .merge(ui::router())
         .merge(preview)
         .layer(middleware::from_fn_with_state(state.clone(), preview::by_host))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
