@@ -27,8 +27,9 @@ enum Cmd {
     /// exit status 1 when something blocks.
     Doctor(Box<Settings>),
     /// A client of a running service: create (with progress), ls, show, exec, cp, shell,
-    /// console, start/stop/reboot/pause/resume, rm, ttl, fork, images. The URL and token come
-    /// from --url/--token, VM_SERVICE_URL/VM_SERVICE_TOKEN or ~/.config/vm-service/cli.env.
+    /// console, start/stop/reboot/pause/resume, rm, ttl, fork, bg, ps, ports, preview, images.
+    /// The URL and token come from --url/--token, VM_SERVICE_URL/VM_SERVICE_TOKEN or
+    /// ~/.config/vm-service/cli.env.
     /// Exit status: the command's for exec, 2 when the service cannot be reached or refuses
     /// the token, 1 for other errors.
     Vm(Box<vm_service::cli::VmArgs>),

@@ -130,6 +130,27 @@ async fn the_cli_drives_a_vm_from_create_to_rm() {
     assert!(text(&out.stdout).contains("piped-42"), "{}", text(&out.stdout));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 
+    // A background server: bg, ps, ports, and a preview link that answers without a token.
+    let server = if image_name() == "tiny" { "exec busybox httpd -f -p 8081 -h /srv/www" } else { "exec python3 -m http.server --directory /srv/www 8081" };
+    let out = run(&s, &["exec", &id, "mkdir -p /srv/www && echo '<h1>from the cli</h1>' > /srv/www/index.html"]);
+    assert!(out.status.success());
+    let out = run(&s, &["bg", &id, "--", server]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let job = text(&out.stdout).trim().to_string();
+    let ps = text(&run(&s, &["ps", &id]).stdout);
+    assert!(ps.lines().any(|l| l.starts_with(&job) && l.contains("running")), "{ps}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !text(&run(&s, &["ports", &id]).stdout).lines().any(|l| l.starts_with("8081 ")) {
+        assert!(Instant::now() < deadline, "8081 never listed: {}", text(&run(&s, &["ports", &id]).stdout));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let out = run(&s, &["preview", &id, "8081"]);
+    let link = text(&out.stdout).trim().to_string();
+    assert!(link.starts_with(&s.url("/vms/")), "{link} {}", text(&out.stderr));
+    let page = reqwest::get(&link).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("from the cli"));
+
     // console
     let out = run(&s, &["console", "-n", "50", &id]);
     assert!(out.status.success() && !out.stdout.is_empty());

@@ -119,6 +119,27 @@ pub enum VmCmd {
         #[arg(long, default_value_t = 1)]
         count: u32,
     },
+    /// Start a command in the background in the VM (it outlives the call); prints its job id.
+    Bg {
+        id: String,
+        /// Directory to run in.
+        #[arg(long)]
+        cwd: Option<String>,
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// The VM's background jobs.
+    Ps { id: String },
+    /// The ports programs in the VM listen on.
+    Ports { id: String },
+    /// A signed URL to an app listening on PORT in the VM (opens in a browser, no token).
+    Preview {
+        id: String,
+        port: u16,
+        /// How long the link works, in seconds (default: the service's).
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
     /// The guest images this service has.
     Images,
 }
@@ -232,6 +253,39 @@ async fn dispatch(c: &Client, cmd: VmCmd, json_out: bool) -> Result<u8> {
             });
             let failed = v.as_array().into_iter().flatten().any(|c| c["state"] != "running");
             Ok(u8::from(failed))
+        }
+        VmCmd::Bg { id, cwd, command } => {
+            let mut body = json!({ "command": command.join(" ") });
+            if let Some(d) = cwd {
+                body["cwd"] = json!(d);
+            }
+            let v = c.post(&vm_path(&id, "/start-process")?, body).await?;
+            if v["ok"] != true {
+                return Err(CliError::Failed(v["reason"].as_str().unwrap_or("the job did not start").to_string()));
+            }
+            print_or(json_out, &v, || println!("{}", v["job_id"].as_str().unwrap_or_default()));
+            Ok(0)
+        }
+        VmCmd::Ps { id } => {
+            let v = c.get(&vm_path(&id, "/processes")?).await?;
+            print_or(json_out, &v, || table::jobs(&v));
+            Ok(0)
+        }
+        VmCmd::Ports { id } => {
+            let v = c.get(&vm_path(&id, "/listening-ports")?).await?;
+            print_or(json_out, &v, || table::ports(&v));
+            Ok(0)
+        }
+        VmCmd::Preview { id, port, ttl } => {
+            let mut body = json!({ "port": port });
+            if let Some(t) = ttl {
+                body["ttl_s"] = json!(t);
+            }
+            let v = c.post(&vm_path(&id, "/preview-tokens")?, body).await?;
+            let url = v["url"].as_str().unwrap_or_default();
+            let url = if url.starts_with('/') { c.url(url) } else { url.to_string() };
+            print_or(json_out, &v, || println!("{url}"));
+            Ok(0)
         }
         VmCmd::Images => {
             let v = c.get("/images").await?;

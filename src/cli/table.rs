@@ -84,6 +84,31 @@ pub fn images(v: &Value) {
     print_table(&["NAME", "BOOT", "DISK", "BUILT", "USER"], &rows);
 }
 
+pub fn jobs(v: &Value) {
+    let now = crate::model::now();
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|j| {
+            let exit = match (j["exit_code"].as_i64(), j["signal"].as_str()) {
+                (Some(c), _) => c.to_string(),
+                (None, Some(s)) => format!("SIG{s}"),
+                _ => "-".into(),
+            };
+            let age = j["started_at"].as_f64().map(|t| span(now - t)).unwrap_or_else(|| "-".into());
+            vec![text(&j["job_id"]), text(&j["pid"]), text(&j["status"]), exit, age, text(&j["command"])]
+        })
+        .collect();
+    print_table(&["JOB", "PID", "STATUS", "EXIT", "AGE", "COMMAND"], &rows);
+}
+
+pub fn ports(v: &Value) {
+    let rows: Vec<Vec<String>> =
+        v.as_array().into_iter().flatten().map(|p| vec![text(&p["port"]), text(&p["address"]), text(&p["process"]), text(&p["pid"])]).collect();
+    print_table(&["PORT", "ADDRESS", "PROCESS", "PID"], &rows);
+}
+
 /// One field per line, by name.
 pub fn fields(v: &Value) {
     let Some(map) = v.as_object() else {
