@@ -13,7 +13,7 @@ ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update -q && apt-get install -y -q --no-install-recommends \
       qemu-system-x86 qemu-utils busybox-static dropbear-bin openssh-sftp-server openssh-client \
       cpio dosfstools mtools syslinux syslinux-common fdisk zip unzip e2fsprogs linux-image-amd64 \
-      nftables ca-certificates curl tar gzip \
+      nftables ca-certificates curl tar gzip python3 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin vmnet
 COPY guest /opt/vm-service/guest
