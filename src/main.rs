@@ -25,7 +25,13 @@ enum Cmd {
     /// Check whether this host can run VMs with these settings (QEMU, qemu-img, KVM, the
     /// guest image, isolation, disk, ports, Redis): one line per check with what to do;
     /// exit status 1 when something blocks.
-    Doctor(Box<Settings>),
+    Doctor {
+        #[command(flatten)]
+        settings: Box<Settings>,
+        /// Also boot the guest image to SSH (a VM of its own, beside any running service).
+        #[arg(long)]
+        boot: bool,
+    },
     /// A client of a running service: create (with progress), ls, show, exec, cp, shell,
     /// console, start/stop/reboot/pause/resume, rm, ttl, fork, bg, ps, ports, preview, images.
     /// The URL and token come from --url/--token, VM_SERVICE_URL/VM_SERVICE_TOKEN or
@@ -74,8 +80,8 @@ async fn main() -> std::process::ExitCode {
                 }
             }
         }
-        Cmd::Doctor(s) => {
-            let checks = vm_service::doctor::run(*s, |c| println!("{c}")).await;
+        Cmd::Doctor { settings, boot } => {
+            let checks = vm_service::doctor::run(*settings, boot, |c| println!("{c}")).await;
             let blocked = checks.iter().filter(|c| c.status == vm_service::doctor::Status::Fail).count();
             let warned = checks.iter().filter(|c| c.status == vm_service::doctor::Status::Warn).count();
             if blocked > 0 {

@@ -5,8 +5,13 @@ use common::*;
 use std::process::Command;
 
 fn doctor(base: &std::path::Path, env: &[(&str, &str)]) -> (i32, String) {
+    doctor_with(&[], base, env)
+}
+
+fn doctor_with(args: &[&str], base: &std::path::Path, env: &[(&str, &str)]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_vm-service"))
         .arg("doctor")
+        .args(args)
         .env("VM_BASE_DIR", base)
         .env_remove("REDIS_URL")
         .envs(env.iter().copied())
@@ -52,6 +57,10 @@ fn what_blocks_is_named_with_its_fix() {
     assert!(out.contains("✗ QEMU") && out.contains("apt-get install -y qemu-system-x86"), "{out}");
     assert!(out.contains("✗ Redis") && out.contains("unset REDIS_URL"), "{out}");
     assert!(out.contains("2 check(s) block running VMs"), "{out}");
+    // QEMU not on PATH (VM_QEMU_BIN unset): the same line and fix.
+    let (code, out) = doctor(&base, &[("VM_BASE_IMAGE", &img), ("VM_ACCEL", "tcg"), ("PATH", "/nonexistent")]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("✗ QEMU") && out.contains("apt-get install -y qemu-system-x86"), "{out}");
     // No image at all: the image line blocks and says how to build one.
     let empty = tempdir("doctor-empty");
     let (code, out) = doctor(&empty, &[("VM_ACCEL", "tcg")]);
@@ -59,4 +68,30 @@ fn what_blocks_is_named_with_its_fix() {
     assert!(out.contains("✗ guest image") && out.contains("scripts/setup.sh"), "{out}");
     let _ = std::fs::remove_dir_all(&base);
     let _ = std::fs::remove_dir_all(&empty);
+}
+
+/// `--boot`: a VM of the doctor's own boots from the image and answers over SSH as itself;
+/// nothing of it is left behind.
+#[test]
+fn doctor_boot_brings_the_image_up_to_ssh() {
+    let base = base_with_image();
+    let img = image_name();
+    let started = std::time::SystemTime::now();
+    let (code, out) = doctor_with(&["--boot"], &base, &[("VM_BASE_IMAGE", &img), ("VM_ACCEL", "tcg"), ("VM_TIMEOUT_BOOT_S", "240")]);
+    assert_eq!(code, 0, "{out}");
+    let line = out.lines().find(|l| l.contains("boot ") && l.contains("booted to SSH")).unwrap_or_else(|| panic!("no boot line:\n{out}"));
+    assert!(line.starts_with("✓") && line.contains("answered as its VM"), "{line}");
+    let left: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("vm-service-doctor-"))
+        .filter(|e| e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t >= started))
+        .collect();
+    assert!(left.is_empty(), "the doctor's data dir was left: {:?}", left.iter().map(|e| e.path()).collect::<Vec<_>>());
+    assert!(qemus_under(std::path::Path::new("vm-service-doctor-")).is_empty(), "the doctor's QEMU still runs");
+    // With a blocking problem it does not try.
+    let (code, out) = doctor_with(&["--boot"], &base, &[("VM_BASE_IMAGE", &img), ("VM_ACCEL", "tcg"), ("VM_QEMU_BIN", "/nonexistent/qemu")]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("✗ boot") && out.contains("not tried"), "{out}");
+    let _ = std::fs::remove_dir_all(&base);
 }

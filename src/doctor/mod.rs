@@ -9,6 +9,8 @@ use std::process::Stdio;
 use std::time::Duration;
 use tokio::process::Command;
 
+mod boot;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     Ok,
@@ -50,7 +52,8 @@ impl std::fmt::Display for Check {
 }
 
 /// Runs every check; `print` gets each line as it is known (the KVM probe takes seconds).
-pub async fn run(settings: Settings, mut print: impl FnMut(&Check)) -> Vec<Check> {
+/// With `boot`, also boots the guest image to SSH (a VM of its own, then deleted).
+pub async fn run(settings: Settings, boot: bool, mut print: impl FnMut(&Check)) -> Vec<Check> {
     let mut all = Vec::new();
     let mut add = |c: Check, all: &mut Vec<Check>| {
         print(&c);
@@ -84,8 +87,11 @@ pub async fn run(settings: Settings, mut print: impl FnMut(&Check)) -> Vec<Check
     if let Some(c) = image_freshness(&cfg) {
         add(c, &mut all);
     }
+    let mut accel = "auto";
     if qemu.is_ok() {
-        add(accel_check(&cfg, image.as_ref().ok()).await, &mut all);
+        let (check, found) = accel_check(&cfg, image.as_ref().ok()).await;
+        add(check, &mut all);
+        accel = found;
     }
     for c in isolation_checks(&cfg).await {
         add(c, &mut all);
@@ -94,6 +100,12 @@ pub async fn run(settings: Settings, mut print: impl FnMut(&Check)) -> Vec<Check
     add(ports_check(&cfg), &mut all);
     if let Some(url) = &cfg.redis_url {
         add(redis_check(url).await, &mut all);
+    }
+    if boot {
+        match (&image, all.iter().any(|c| c.status == Status::Fail)) {
+            (Ok(img), false) => add(boot::check(&cfg, img, accel).await, &mut all),
+            _ => add(fail("boot", "not tried: a check above blocks", "fix what is marked ✗ first"), &mut all),
+        }
     }
     all
 }
@@ -158,10 +170,11 @@ fn image_freshness(cfg: &Resolved) -> Option<Check> {
     })
 }
 
-async fn accel_check(cfg: &Resolved, image: Option<&BaseImage>) -> Check {
+/// The check, and the accelerator it found (as VM_ACCEL spells it).
+async fn accel_check(cfg: &Resolved, image: Option<&BaseImage>) -> (Check, &'static str) {
     match cfg.accel {
-        AccelChoice::Tcg => return ok("accelerator", "TCG (set by VM_ACCEL): software emulation"),
-        AccelChoice::Kvm => return ok("accelerator", "KVM (set by VM_ACCEL, not probed)"),
+        AccelChoice::Tcg => return (ok("accelerator", "TCG (set by VM_ACCEL): software emulation"), "tcg"),
+        AccelChoice::Kvm => return (ok("accelerator", "KVM (set by VM_ACCEL, not probed)"), "kvm"),
         AccelChoice::Auto => {}
     }
     let kernel = image.and_then(|i| match &i.boot {
@@ -170,11 +183,14 @@ async fn accel_check(cfg: &Resolved, image: Option<&BaseImage>) -> Check {
     });
     let r = crate::qemu::accel::probe(&cfg.qemu_bin, Arch::host(), kernel.as_deref(), Duration::from_secs(6)).await;
     match r.accel {
-        crate::qemu::args::Accel::Kvm => ok("accelerator", format!("KVM works ({})", r.reason)),
-        _ => warn(
-            "accelerator",
-            format!("TCG, software emulation: {}", r.reason),
-            "VMs still run, several times slower. For KVM: a CPU with VT-x/AMD-V exposed to this host (nested virtualization on, for a VM), /dev/kvm readable and writable by the service",
+        crate::qemu::args::Accel::Kvm => (ok("accelerator", format!("KVM works ({})", r.reason)), "kvm"),
+        _ => (
+            warn(
+                "accelerator",
+                format!("TCG, software emulation: {}", r.reason),
+                "VMs still run, several times slower. For KVM: a CPU with VT-x/AMD-V exposed to this host (nested virtualization on, for a VM), /dev/kvm readable and writable by the service",
+            ),
+            "tcg",
         ),
     }
 }
