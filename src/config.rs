@@ -38,6 +38,14 @@ pub struct Settings {
     /// Name of this node, returned as VMOut.node.
     #[arg(long, env = "NODE_NAME", default_value = "local-node")]
     pub node_name: String,
+    /// Cluster mode (with REDIS_URL and CLUSTER_SECRET): this node's URL as the other nodes
+    /// reach it (e.g. http://10.0.0.5:8080). Nodes on one Redis then register, place new VMs
+    /// on the node with the most room, and forward each VM's requests to its node.
+    #[arg(long, env = "NODE_ADVERTISE_URL")]
+    pub node_advertise_url: Option<String>,
+    /// The secret nodes of one cluster present to each other (at least 16 characters).
+    #[arg(long, env = "CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
     /// Data directory: VM workdirs (vms/<id>), images, keys, the embedded catalog, the token.
     /// Default /var/lib/vm-service as root, else ~/.local/share/vm-service.
     #[arg(long, env = "VM_BASE_DIR")]
@@ -194,6 +202,8 @@ pub struct Resolved {
     pub snapshots: crate::manager::snapshot::Policy,
     pub max_fork: u32,
     pub preview_domain: Option<String>,
+    /// Cluster mode: this node's advertised URL and the cluster secret.
+    pub cluster: Option<(String, String)>,
 }
 
 impl Resolved {
@@ -213,6 +223,27 @@ pub fn host_qemu_bin() -> String {
 }
 
 impl Settings {
+    fn cluster(&self) -> anyhow::Result<Option<(String, String)>> {
+        let url = self.node_advertise_url.as_deref().map(str::trim).filter(|u| !u.is_empty());
+        let secret = self.cluster_secret.as_deref().map(str::trim).filter(|s| !s.is_empty());
+        match (url, secret) {
+            (None, None) => Ok(None),
+            (Some(u), Some(s)) => {
+                if self.redis_url.as_deref().is_none_or(|r| r.trim().is_empty()) {
+                    bail!("NODE_ADVERTISE_URL and CLUSTER_SECRET need REDIS_URL: the nodes of a cluster share one Redis");
+                }
+                if !u.starts_with("http://") {
+                    bail!("NODE_ADVERTISE_URL must be an http:// URL the other nodes can reach");
+                }
+                if s.len() < 16 {
+                    bail!("CLUSTER_SECRET must be at least 16 characters");
+                }
+                Ok(Some((u.trim_end_matches('/').to_string(), s.to_string())))
+            }
+            _ => bail!("cluster mode needs both NODE_ADVERTISE_URL and CLUSTER_SECRET"),
+        }
+    }
+
     pub fn resolve(&self) -> anyhow::Result<Resolved> {
         let base_dir = self.vm_base_dir.as_deref().map(expand_tilde).unwrap_or_else(default_base_dir);
         std::fs::create_dir_all(base_dir.join("vms")).with_context(|| format!("creating VM_BASE_DIR {}", base_dir.display()))?;
@@ -264,6 +295,7 @@ impl Settings {
             snapshots: crate::manager::snapshot::Policy::parse(&self.vm_snapshots).map_err(|e| anyhow::anyhow!(e))?,
             max_fork: self.vm_max_fork.max(1),
             preview_domain: self.preview_domain.as_deref().map(|d| d.trim_matches('.').to_ascii_lowercase()).filter(|d| !d.is_empty()),
+            cluster: self.cluster()?,
         })
     }
 }

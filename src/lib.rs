@@ -4,6 +4,7 @@
 pub mod api;
 pub mod catalog;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod doctor;
 pub mod guest;

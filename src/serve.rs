@@ -153,6 +153,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         tracing::warn!(qemu = %cfg.qemu_bin, "this QEMU does not accept -sandbox on; QEMU runs without seccomp");
     }
     let _ = mgr.sandbox.set(sandbox);
+    if let (Some((url, _)), Some(redis)) = (&cfg.cluster, &cfg.redis_url) {
+        let reg = crate::cluster::Registry::connect(redis, &cfg.redis_prefix).await.context("connecting the cluster registry to REDIS_URL")?;
+        let _ = mgr.registry.set(Arc::new(reg));
+        mgr.spawn_heartbeat();
+        tracing::info!(node = %cfg.node_name, url = %url, "cluster mode: registered in Redis");
+    }
     mgr.adopt_all().await.context("resolving VMs found in the catalog")?;
     mgr.spawn_reaper();
     {

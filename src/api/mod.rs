@@ -1,5 +1,6 @@
 //! HTTP API (axum): one module per resource, thin handlers that parse, call the manager
 //! and map errors (error.rs). Routes keep the original's paths.
+pub mod cluster;
 pub mod console;
 pub mod error;
 pub mod events;
@@ -88,6 +89,14 @@ pub fn token_matches(headers: &HeaderMap, token: &str) -> bool {
 }
 
 async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    match cluster::peer(&st, &req) {
+        cluster::Peer::Node => return next.run(req).await,
+        cluster::Peer::Wrong => {
+            tracing::warn!(path = %req.uri().path(), "refused a request with a wrong cluster secret (CLUSTER_SECRET differs between nodes?)");
+            return ApiError::Status(axum::http::StatusCode::FORBIDDEN, "wrong cluster secret".into()).into_response();
+        }
+        cluster::Peer::None => {}
+    }
     match presented_token(&req) {
         None | Some(Err(())) => ApiError::NotAuthenticated.into_response(),
         Some(Ok(t)) if bool::from(t.as_bytes().ct_eq(st.token.as_bytes())) => next.run(req).await,
@@ -171,6 +180,7 @@ pub fn router(state: AppState) -> axum::Router {
         .routes(routes!(preview::make_token))
         .routes(routes!(metrics::prometheus))
         .routes(routes!(metrics::vm_metrics))
+        .routes(routes!(cluster::nodes))
         // The original answered `/vms` and `/vms/` alike: the slash-less form, undocumented.
         .route("/vms", axum::routing::post(vms::create).get(vms::list))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -181,7 +191,12 @@ pub fn router(state: AppState) -> axum::Router {
         .layer(middleware::from_fn(|req, next| announced_length_within(UPLOAD_BODY_LIMIT, req, next)));
     // Streamed to the guest chunk by chunk: bounded by the guest's disk, not by memory.
     let stream_upload = OpenApiRouter::new().routes(routes!(files::upload_file)).layer(DefaultBodyLimit::disable());
-    let protected = vm.merge(upload).merge(stream_upload).route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    // Authentication first, then (cluster mode) the relay to the VM's node.
+    let protected = vm
+        .merge(upload)
+        .merge(stream_upload)
+        .route_layer(middleware::from_fn_with_state(state.clone(), cluster::route_to_owner))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     let (routes, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi()).routes(routes!(health::health)).merge(protected).split_for_parts();
     let (doc, schemas) = openapi::finish(doc, &state.mgr.cfg);
     let _ = state.schemas.set(schemas);
@@ -192,6 +207,7 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/vms/{vm_id}/preview/{port}", axum::routing::any(preview::by_path))
         .route("/vms/{vm_id}/preview/{port}/", axum::routing::any(preview::by_path))
         .route("/vms/{vm_id}/preview/{port}/{*path}", axum::routing::any(preview::by_path))
+        .route_layer(middleware::from_fn_with_state(state.clone(), cluster::route_to_owner))
         .layer(DefaultBodyLimit::disable());
     routes
         .merge(docs)

@@ -28,6 +28,9 @@ pub struct VmCreate {
     /// Delete the VM this many seconds after creation (1 … 30 days). Default: no limit.
     #[serde(default)]
     pub ttl_s: Option<u64>,
+    /// Cluster mode: the node to create the VM on (default: the live node with the most room).
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -78,6 +81,10 @@ pub async fn create(
     ApiQuery(q): ApiQuery<WaitQuery>,
     ApiJson(body): ApiJson<VmCreate>,
 ) -> Result<(StatusCode, Json<VmOut>), ApiError> {
+    // In cluster mode the create was relayed to its node already: here it is this one.
+    if let Some(n) = body.node.as_deref().filter(|n| *n != st.mgr.cfg.node_name) {
+        return Err(crate::manager::ManagerError::Invalid { field: "node".into(), message: format!("node {n} is not a live node of this cluster") }.into());
+    }
     let rec = st
         .mgr
         .create(CreateSpec {
@@ -96,7 +103,7 @@ pub async fn create(
 
 #[utoipa::path(get, path = "/vms/", responses((status = 200, body = [VmOut])))]
 pub async fn list(State(st): State<AppState>) -> Result<Json<Vec<VmOut>>, ApiError> {
-    let recs = st.mgr.list().await?;
+    let recs = st.mgr.present(st.mgr.list().await?).await;
     Ok(Json(recs.iter().map(|r| out(&st, r)).collect()))
 }
 
@@ -104,13 +111,15 @@ pub async fn list(State(st): State<AppState>) -> Result<Json<Vec<VmOut>>, ApiErr
     responses((status = 200, body = [VmOut], description = "request order; unknown ids skipped")))]
 pub async fn list_ids(State(st): State<AppState>, Path(vm_ids): Path<String>) -> Result<Json<Vec<VmOut>>, ApiError> {
     let ids: Vec<String> = vm_ids.split(',').map(|s| s.trim().to_string()).collect();
-    let recs = st.mgr.get_many(&ids).await?;
+    let recs = st.mgr.present(st.mgr.get_many(&ids).await?).await;
     Ok(Json(recs.iter().map(|r| out(&st, r)).collect()))
 }
 
 #[utoipa::path(get, path = "/vms/{vm_id}", responses((status = 200, body = VmOut), (status = 404)))]
 pub async fn get_vm(State(st): State<AppState>, Path(vm_id): Path<String>) -> Result<Json<VmOut>, ApiError> {
-    Ok(Json(out(&st, &st.mgr.get(&vm_id).await?)))
+    let rec = st.mgr.get(&vm_id).await?;
+    let shown = st.mgr.present(vec![rec]).await;
+    Ok(Json(out(&st, &shown[0])))
 }
 
 #[utoipa::path(post, path = "/vms/{vm_id}/actions", request_body = VmAction,

@@ -46,45 +46,55 @@ impl Manager {
     /// 127.0.0.1:`port` in the VM and answers its response with the body streaming. A request
     /// that asks for an upgrade keeps it; when the guest answers 101 the two connections
     /// are spliced until either side closes.
-    pub async fn forward<B>(&self, id: &str, port: u32, mut req: Request<B>) -> Result<Response<Incoming>>
+    pub async fn forward<B>(&self, id: &str, port: u32, req: Request<B>) -> Result<Response<Incoming>>
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
         let guest = self.guest(id).await?;
         let port = check_port(port)?;
-        let upgrade = upgrade_of(req.headers());
-        strip_hop_by_hop(req.headers_mut());
-        let client_side = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-        if let Some(proto) = upgrade {
-            req.headers_mut().insert(header::CONNECTION, http::HeaderValue::from_static("upgrade"));
-            req.headers_mut().insert(header::UPGRADE, proto);
-        }
         let tunnel = guest.tunnel(port).await?;
-        let (mut send, conn) = hyper::client::conn::http1::handshake::<_, B>(TokioIo::new(tunnel))
-            .await
-            .map_err(|e| ManagerError::Guest(crate::guest::GuestError::Ssh(format!("HTTP to port {port} in the guest: {e}"))))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "guest HTTP connection ended");
-            }
-        });
-        let mut resp = send.send_request(req).await.map_err(|e| bad_gateway(port, &e))?;
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(client_side) = client_side {
-                let guest_side = hyper::upgrade::on(&mut resp);
-                tokio::spawn(async move {
-                    match tokio::try_join!(client_side, guest_side) {
-                        Ok((c, g)) => {
-                            let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(g)).await;
-                        }
-                        Err(e) => tracing::debug!(error = %e, "upgrade not completed"),
-                    }
-                });
-            }
-        }
-        Ok(resp)
+        exchange(tunnel, req).await.map_err(|e| bad_gateway(port, &e))
     }
+}
+
+/// One HTTP/1.1 exchange over `io` (hop-by-hop headers dropped, the body streaming both
+/// ways). A request that asks for an upgrade keeps it; when the far side answers 101 the
+/// two connections are spliced until either side closes.
+pub async fn exchange<IO, B>(io: IO, mut req: Request<B>) -> std::result::Result<Response<Incoming>, hyper::Error>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let upgrade = upgrade_of(req.headers());
+    strip_hop_by_hop(req.headers_mut());
+    let client_side = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    if let Some(proto) = upgrade {
+        req.headers_mut().insert(header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+        req.headers_mut().insert(header::UPGRADE, proto);
+    }
+    let (mut send, conn) = hyper::client::conn::http1::handshake::<_, B>(TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "relayed HTTP connection ended");
+        }
+    });
+    let mut resp = send.send_request(req).await?;
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_side) = client_side {
+            let far_side = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                match tokio::try_join!(client_side, far_side) {
+                    Ok((c, g)) => {
+                        let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(g)).await;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "upgrade not completed"),
+                }
+            });
+        }
+    }
+    Ok(resp)
 }
 
 fn bad_gateway(port: u16, e: &hyper::Error) -> ManagerError {

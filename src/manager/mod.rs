@@ -5,6 +5,7 @@
 //! operation runs.
 pub mod boot;
 pub mod capacity;
+pub mod cluster;
 pub mod console;
 mod events;
 pub mod expiry;
@@ -180,6 +181,9 @@ pub struct Manager {
     snapshot_builds: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Held while disk layers are made or removed.
     layers_lock: tokio::sync::Mutex<()>,
+    /// Cluster mode: the node registry (set at start-up) and recent placements.
+    pub registry: std::sync::OnceLock<Arc<crate::cluster::Registry>>,
+    placements: cluster::Placements,
 }
 
 pub struct VmFiles {
@@ -214,6 +218,8 @@ impl Manager {
             qemu_version: OnceCell::new(),
             snapshot_builds: Default::default(),
             layers_lock: Default::default(),
+            registry: std::sync::OnceLock::new(),
+            placements: Default::default(),
         })
     }
 

@@ -168,6 +168,7 @@ impl Service {
             .arg("serve")
             .envs(self.env.iter().cloned())
             .env("LISTEN_ADDR", format!("127.0.0.1:{}", self.port))
+            .envs(self.env.iter().any(|(k, _)| k == "CLUSTER_SECRET").then(|| ("NODE_ADVERTISE_URL", format!("http://127.0.0.1:{}", self.port))))
             .current_dir(&self.base)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
