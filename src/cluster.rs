@@ -1,9 +1,10 @@
 //! The cluster's node registry in Redis: each node's facts under `{prefix}:node:{name}`,
 //! rewritten every 2 s with a 6 s expiry. A node is alive while its key exists: Redis's
 //! clock decides, not the nodes' (a node whose clock is off by minutes still counts).
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use crate::catalog::link::Link;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How often a node writes its facts, and how long they live without a rewrite.
@@ -43,19 +44,20 @@ pub struct NodeInfo {
 }
 
 pub struct Registry {
-    conn: ConnectionManager,
+    link: Arc<Link>,
     prefix: String,
 }
 
 impl Registry {
     pub async fn connect(url: &str, prefix: &str) -> Result<Registry, RegistryError> {
-        let client = redis::Client::open(url).map_err(err)?;
-        let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(1);
-        let conn = ConnectionManager::new_with_config(client, cfg).await.map_err(err)?;
-        Ok(Registry { conn, prefix: prefix.to_string() })
+        let link = Link::open(url).await.map_err(RegistryError)?;
+        Ok(Registry { link, prefix: prefix.to_string() })
+    }
+
+    /// A failed call's error, after telling the link (it may look for a new master).
+    fn err(&self, e: redis::RedisError) -> RegistryError {
+        self.link.failed(&e);
+        err(e)
     }
 
     fn key(&self, name: &str) -> String {
@@ -64,27 +66,27 @@ impl Registry {
 
     pub async fn beat(&self, info: &NodeInfo) -> Result<(), RegistryError> {
         let json = serde_json::to_string(info).unwrap_or_default();
-        self.conn.clone().set_ex::<_, _, ()>(self.key(&info.name), json, EXPIRY_S).await.map_err(err)
+        self.link.conn().set_ex::<_, _, ()>(self.key(&info.name), json, EXPIRY_S).await.map_err(|e| self.err(e))
     }
 
     pub async fn leave(&self, name: &str) -> Result<(), RegistryError> {
-        self.conn.clone().del::<_, ()>(self.key(name)).await.map_err(err)
+        self.link.conn().del::<_, ()>(self.key(name)).await.map_err(|e| self.err(e))
     }
 
     pub async fn node(&self, name: &str) -> Result<Option<NodeInfo>, RegistryError> {
-        let raw: Option<String> = self.conn.clone().get(self.key(name)).await.map_err(err)?;
+        let raw: Option<String> = self.link.conn().get(self.key(name)).await.map_err(|e| self.err(e))?;
         Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
     }
 
     /// The live nodes, by name.
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, RegistryError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.conn();
         let pattern = format!("{}:node:*", self.prefix);
         let mut keys: Vec<String> = Vec::new();
         let mut cursor: u64 = 0;
         loop {
             let (next, batch): (u64, Vec<String>) =
-                redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(500).query_async(&mut conn).await.map_err(err)?;
+                redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(500).query_async(&mut conn).await.map_err(|e| self.err(e))?;
             keys.extend(batch);
             if next == 0 {
                 break;
@@ -94,7 +96,7 @@ impl Registry {
         if keys.is_empty() {
             return Ok(vec![]);
         }
-        let raw: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await.map_err(err)?;
+        let raw: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await.map_err(|e| self.err(e))?;
         let mut nodes: Vec<NodeInfo> = raw.into_iter().flatten().filter_map(|r| serde_json::from_str(&r).ok()).collect();
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(nodes)

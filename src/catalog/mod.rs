@@ -4,6 +4,7 @@ use crate::model::VmRecord;
 use futures::future::BoxFuture;
 
 pub mod embedded;
+pub mod link;
 pub mod redis;
 
 #[derive(Debug, thiserror::Error)]

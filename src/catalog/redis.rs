@@ -3,18 +3,19 @@
 //! the keys carry a double colon, exactly as the original wrote them).
 //! Updates are read-modify-write under a per-VM lock held by this process: one node
 //! owns its VMs, so this is what keeps two tasks from losing each other's update.
+use super::link::Link;
 use super::{decode, encode, Catalog, CatalogError, Mutator, Result};
 use crate::model::{now, VmRecord};
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub struct RedisCatalog {
-    conn: ConnectionManager,
+    link: Arc<Link>,
     prefix: String,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// When Redis last failed to answer: for a short while after, calls fail at once
@@ -30,15 +31,10 @@ fn unavailable(e: redis::RedisError) -> CatalogError {
 }
 
 impl RedisCatalog {
+    /// `url`: `redis://…`, or `redis+sentinel://…` to follow a master through failovers.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
-        let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_with_config(client, cfg).await.map_err(unavailable)?;
-        Ok(RedisCatalog { conn, prefix: prefix.to_string(), locks: Mutex::new(HashMap::new()), failed_at: Mutex::new(None) })
+        let link = Link::open(url).await.map_err(|e| CatalogError::Unavailable(format!("redis: {e}")))?;
+        Ok(RedisCatalog { link, prefix: prefix.to_string(), locks: Mutex::new(HashMap::new()), failed_at: Mutex::new(None) })
     }
 
     /// A connection handle, unless Redis failed within the last FAIL_FAST.
@@ -48,10 +44,11 @@ impl RedisCatalog {
                 return Err(CatalogError::Unavailable(format!("redis is not answering (last failure {} ms ago)", t.elapsed().as_millis())));
             }
         }
-        Ok(self.conn.clone())
+        Ok(self.link.conn())
     }
 
     fn fail(&self, e: redis::RedisError) -> CatalogError {
+        self.link.failed(&e);
         if e.is_timeout() || e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
             *self.failed_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         }

@@ -275,8 +275,7 @@ fn ports_check(cfg: &Resolved) -> Check {
 
 async fn redis_check(url: &str) -> Check {
     let probe = async {
-        let client = redis::Client::open(url).map_err(|e| e.to_string())?;
-        let mut conn = client.get_multiplexed_async_connection().await.map_err(|e| e.to_string())?;
+        let mut conn = crate::catalog::link::Link::open(url).await?.conn();
         let info: String = redis::cmd("INFO").arg("server").query_async(&mut conn).await.map_err(|e| e.to_string())?;
         Ok::<_, String>(info.lines().find_map(|l| l.strip_prefix("redis_version:")).unwrap_or("?").trim().to_string())
     };
