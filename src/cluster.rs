@@ -39,6 +39,9 @@ pub struct NodeInfo {
     pub min_free_disk_mib: u64,
     pub accel: String,
     pub version: String,
+    /// This process (a new id each start): two processes with one NODE_NAME are refused.
+    #[serde(default)]
+    pub instance: String,
     /// When the node wrote this (its own clock; informative only).
     pub ts: f64,
 }

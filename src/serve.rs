@@ -156,6 +156,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     if let (Some((url, _)), Some(redis)) = (&cfg.cluster, &cfg.redis_url) {
         let reg = crate::cluster::Registry::connect(redis, &cfg.redis_prefix).await.context("connecting the cluster registry to REDIS_URL")?;
         let _ = mgr.registry.set(Arc::new(reg));
+        mgr.claim_node_name().await.context("joining the cluster")?;
         mgr.spawn_heartbeat();
         tracing::info!(node = %cfg.node_name, url = %url, "cluster mode: registered in Redis");
     }

@@ -119,4 +119,37 @@ async fn three_nodes_share_placement_routing_and_survive_a_lost_node() {
     assert_eq!(v["stdout"].as_str().unwrap().trim(), on2, "{v}");
     let (_, all) = s3.get("/vms").await;
     assert_eq!(nodes_of(&all).values().filter(|n| *n == "n2").count(), 2);
+
+    // A second process with a live node's name is refused (it would take n1's VMs for its own).
+    let dir = tempdir("dup-node");
+    let port = free_port();
+    let mut dup = std::process::Command::new(env!("CARGO_BIN_EXE_vm-service"))
+        .arg("serve")
+        .env("VM_BASE_DIR", &dir)
+        .env("AUTH_TOKEN", TOKEN)
+        .env("REDIS_URL", redis.url())
+        .env("REDIS_PREFIX", &prefix)
+        .env("NODE_NAME", "n1")
+        .env("CLUSTER_SECRET", SECRET)
+        .env("NODE_ADVERTISE_URL", format!("http://127.0.0.1:{port}"))
+        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = dup.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = dup.kill();
+            panic!("a second n1 kept running");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let out = dup.wait_with_output().unwrap();
+    assert!(!status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use by a live node"), "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
 }

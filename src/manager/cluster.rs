@@ -67,8 +67,31 @@ impl Manager {
             min_free_disk_mib: self.cfg.min_free_disk_mib,
             accel: self.accel.get().map(|a| a.accel.as_str().to_string()).unwrap_or_else(|| "probing".into()),
             version: env!("CARGO_PKG_VERSION").into(),
+            instance: self.instance.clone(),
             ts: crate::model::now(),
         })
+    }
+
+    /// Waits until no other live process holds this node's name (a previous run of this
+    /// node lets go within the key's expiry); refuses when one still does, since two
+    /// processes of one name would each take the other's VMs for their own.
+    pub async fn claim_node_name(&self) -> Result<()> {
+        let Some(reg) = self.registry() else { return Ok(()) };
+        let deadline = Instant::now() + Duration::from_secs(crate::cluster::EXPIRY_S + 2);
+        loop {
+            match reg.node(&self.cfg.node_name).await.map_err(Self::regerr)? {
+                Some(other) if other.instance != self.instance => {
+                    if Instant::now() >= deadline {
+                        return Err(ManagerError::Conflict(format!(
+                            "NODE_NAME {} is in use by a live node at {} (its heartbeat goes on); give each node its own name",
+                            self.cfg.node_name, other.url
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                _ => return reg.beat(&self.node_info().await?).await.map_err(Self::regerr),
+            }
+        }
     }
 
     /// Writes this node's facts every BEAT while the service runs.

@@ -184,6 +184,8 @@ pub struct Manager {
     /// Cluster mode: the node registry (set at start-up) and recent placements.
     pub registry: std::sync::OnceLock<Arc<crate::cluster::Registry>>,
     placements: cluster::Placements,
+    /// This process's id in the cluster registry.
+    instance: String,
 }
 
 pub struct VmFiles {
@@ -220,6 +222,7 @@ impl Manager {
             layers_lock: Default::default(),
             registry: std::sync::OnceLock::new(),
             placements: Default::default(),
+            instance: uuid::Uuid::new_v4().to_string(),
         })
     }
 
