@@ -8,10 +8,12 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # VM_TEST_IMAGE=debian runs the whole suite on the Debian guest (built here when missing).
 image="${VM_TEST_IMAGE:-tiny}"
 bash "$here/scripts/setup.sh" --image "$image"
-# The tests also need a browser (the web console's test) and systemd's unit checker.
+# The tests also need a browser (the web console's test), systemd's unit checker and
+# libfaketime (a cluster node with a skewed clock).
 test_pkgs=()
 command -v chromium >/dev/null 2>&1 || test_pkgs+=(chromium)
 command -v systemd-analyze >/dev/null 2>&1 || test_pkgs+=(systemd)
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || test_pkgs+=(libfaketime)
 if [ "${#test_pkgs[@]}" -gt 0 ]; then
   [ "$(id -u)" = 0 ] || { echo "test.sh: run as root to install: ${test_pkgs[*]}" >&2; exit 1; }
   echo "test.sh: installing ${test_pkgs[*]}"

@@ -67,9 +67,29 @@ impl Registry {
         format!("{}:node:{name}", self.prefix)
     }
 
-    pub async fn beat(&self, info: &NodeInfo) -> Result<(), RegistryError> {
+    /// Writes `info` unless another process (instance) holds the name; false then.
+    pub async fn beat(&self, info: &NodeInfo) -> Result<bool, RegistryError> {
+        // One step in Redis: read the holder, write only when it is this process or nobody.
+        const SCRIPT: &str = r#"
+            local cur = redis.call('GET', KEYS[1])
+            if cur then
+                local ok, v = pcall(cjson.decode, cur)
+                if ok and v.instance and v.instance ~= '' and v.instance ~= ARGV[2] then return 0 end
+            end
+            redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+            return 1"#;
         let json = serde_json::to_string(info).unwrap_or_default();
-        self.link.conn().set_ex::<_, _, ()>(self.key(&info.name), json, EXPIRY_S).await.map_err(|e| self.err(e))
+        let written: i64 = redis::cmd("EVAL")
+            .arg(SCRIPT)
+            .arg(1)
+            .arg(self.key(&info.name))
+            .arg(json)
+            .arg(&info.instance)
+            .arg(EXPIRY_S)
+            .query_async(&mut self.link.conn())
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(written == 1)
     }
 
     pub async fn leave(&self, name: &str) -> Result<(), RegistryError> {

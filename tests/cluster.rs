@@ -152,4 +152,42 @@ async fn three_nodes_share_placement_routing_and_survive_a_lost_node() {
     assert!(!status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("in use by a live node"), "{}", String::from_utf8_lossy(&out.stderr));
     let _ = std::fs::remove_dir_all(&dir);
+
+    // A node whose clock is 10 minutes behind still counts as live and relays: liveness is
+    // the key's expiry, kept by Redis's clock.
+    let faketime = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    if std::path::Path::new(faketime).exists() {
+        let skew = vec![
+            ("REDIS_PREFIX".to_string(), prefix.clone()),
+            ("NODE_NAME".to_string(), "n4".to_string()),
+            ("CLUSTER_SECRET".to_string(), SECRET.to_string()),
+            ("LD_PRELOAD".to_string(), faketime.to_string()),
+            ("FAKETIME".to_string(), "-600".to_string()),
+            ("FAKETIME_DONT_FAKE_MONOTONIC".to_string(), "1".to_string()),
+        ];
+        let s4 = Service::start(Opts { redis_url: Some(redis.url()), extra: skew, with_image: false }).await;
+        wait_until(Duration::from_secs(15), "n4 live", async || s1.get("/nodes").await.1.as_array().is_some_and(|a| a.iter().any(|n| n["name"] == "n4"))).await;
+        let (_, nodes) = s1.get("/nodes").await;
+        let n4_ts = nodes.as_array().unwrap().iter().find(|n| n["name"] == "n4").unwrap()["ts"].as_f64().unwrap();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+        assert!(now - n4_ts > 500.0, "n4's clock is not skewed: {n4_ts} vs {now}");
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let (_, nodes) = s1.get("/nodes").await;
+        assert!(nodes.as_array().unwrap().iter().any(|n| n["name"] == "n4"), "a skewed node dropped out: {nodes}");
+        let v = s4.exec(&on2, "cat /etc/vm-id").await;
+        assert_eq!(v["stdout"].as_str().unwrap().trim(), on2, "{v}");
+    }
+
+    // Fencing: another process takes n3's name (as after a partition longer than the expiry);
+    // n3 notices at its next heartbeat and stops acting on VMs.
+    let intruder = json!({"name": "n3", "url": "http://127.0.0.1:9", "cpus": 1, "mem_total_mib": 1, "mem_available_mib": 1, "disk_free_mib": 1,
+        "committed_mem_mib": 0, "committed_vcpus": 0, "vms": 0, "mem_reserve_mib": 0, "cpu_overcommit": 1, "min_free_disk_mib": 0,
+        "accel": "tcg", "version": "x", "instance": "another-process", "ts": 0.0});
+    redis.cli(&["SET", &format!("{prefix}:node:n3"), &intruder.to_string(), "EX", "60"]);
+    wait_until(Duration::from_secs(10), "n3 fenced", async || {
+        let (st, v) = s3.post("/vms", json!({"vcpus": 1, "mem_mib": 256, "disk_gib": 5})).await;
+        st == 503 && v.to_string().contains("lost its name")
+    })
+    .await;
+    assert!(s3.log().contains("another process now holds this node's name"));
 }

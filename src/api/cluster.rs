@@ -54,6 +54,10 @@ fn relayed(resp: Result<http::Response<hyper::body::Incoming>, crate::manager::M
 /// Runs after authentication: requests for a VM of another live node go there; a create
 /// goes to the node placement picks (or the body's `node`).
 pub async fn route_to_owner(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    if st.mgr.fenced() && req.method() != Method::GET {
+        let msg = format!("node {} lost its name to another process in the cluster and no longer acts on VMs", st.mgr.cfg.node_name);
+        return ApiError::Status(StatusCode::SERVICE_UNAVAILABLE, msg).into_response();
+    }
     if st.mgr.registry().is_none() || req.headers().contains_key(CLUSTER_HEADER) {
         return next.run(req).await;
     }

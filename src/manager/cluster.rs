@@ -36,6 +36,11 @@ impl Manager {
         self.registry.get()
     }
 
+    /// True once another process took this node's name: the node no longer acts on VMs.
+    pub fn fenced(&self) -> bool {
+        self.fenced.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub fn cluster_secret(&self) -> Option<&str> {
         self.cfg.cluster.as_ref().map(|(_, s)| s.as_str())
     }
@@ -89,7 +94,10 @@ impl Manager {
                     }
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
-                _ => return reg.beat(&self.node_info().await?).await.map_err(Self::regerr),
+                _ => {
+                    reg.beat(&self.node_info().await?).await.map_err(Self::regerr)?;
+                    return Ok(());
+                }
             }
         }
     }
@@ -105,12 +113,19 @@ impl Manager {
                         Ok(info) => reg.beat(&info).await.map_err(|e| e.to_string()),
                         Err(e) => Err(e.to_string()),
                     };
+                    if let Ok(false) = res {
+                        // Fenced: another process took this node's name (this one was cut off
+                        // longer than the key's expiry). It must not act on the VMs again.
+                        me.fenced.store(true, std::sync::atomic::Ordering::SeqCst);
+                        tracing::error!(node = %me.cfg.node_name, "another process now holds this node's name in the cluster; this node stops acting on VMs (restart it under its own name)");
+                        return;
+                    }
                     match res {
                         Err(e) if !failing => {
                             tracing::warn!(error = %e, "cluster heartbeat failed; the other nodes will see this node lost after 6 s");
                             failing = true;
                         }
-                        Ok(()) if failing => {
+                        Ok(_) if failing => {
                             tracing::info!("cluster heartbeat written again");
                             failing = false;
                         }

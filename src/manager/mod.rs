@@ -184,8 +184,10 @@ pub struct Manager {
     /// Cluster mode: the node registry (set at start-up) and recent placements.
     pub registry: std::sync::OnceLock<Arc<crate::cluster::Registry>>,
     placements: cluster::Placements,
-    /// This process's id in the cluster registry.
+    /// This process's id in the cluster registry, and whether another process took the
+    /// node's name since (then this one stops acting on VMs).
     instance: String,
+    fenced: AtomicBool,
 }
 
 pub struct VmFiles {
@@ -223,6 +225,7 @@ impl Manager {
             registry: std::sync::OnceLock::new(),
             placements: Default::default(),
             instance: uuid::Uuid::new_v4().to_string(),
+            fenced: AtomicBool::new(false),
         })
     }
 
