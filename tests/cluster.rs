@@ -84,6 +84,31 @@ async fn three_nodes_share_placement_routing_and_survive_a_lost_node() {
         }
     }
     drop(ws);
+    // A streamed upload through n3 and its download through n1: the same bytes.
+    let blob: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+    let r = s3.client.put(s3.url(&format!("/vms/{on2}/upload-file?path=/root/blob.bin"))).bearer_auth(TOKEN).body(blob.clone()).send().await.unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    let r = s1.client.get(s1.url(&format!("/vms/{on2}/download-file?path=/root/blob.bin"))).bearer_auth(TOKEN).send().await.unwrap();
+    assert!(r.bytes().await.unwrap().as_ref() == blob.as_slice(), "the blob came back different");
+    // An app in the VM, previewed through n1 (the preview checks its own credentials on n2).
+    let server = if image_name() == "tiny" { "exec busybox httpd -f -p 8081 -h /srv/www" } else { "exec python3 -m http.server --directory /srv/www 8081" };
+    let v = s3.exec(&on2, "mkdir -p /srv/www && echo cluster-preview > /srv/www/index.html").await;
+    assert_eq!(v["exit_code"], 0, "{v}");
+    let (st, v) = s3.post(&format!("/vms/{on2}/start-process"), json!({"command": server})).await;
+    assert_eq!((st.as_u16(), v["ok"].as_bool()), (200, Some(true)), "{v}");
+    let preview = s1.url(&format!("/vms/{on2}/preview/8081/"));
+    let mut body = String::new();
+    wait_until(Duration::from_secs(30), "the preview through n1", async || match s1.client.get(&preview).bearer_auth(TOKEN).send().await {
+        Ok(r) if r.status() == 200 => {
+            body = r.text().await.unwrap_or_default();
+            true
+        }
+        _ => false,
+    })
+    .await;
+    assert!(body.contains("cluster-preview"), "{body}");
+    let r = s1.client.get(&preview).send().await.unwrap();
+    assert_eq!(r.status(), 401, "a preview without credentials went through");
     // n3 only relayed: the VM's own node did the work.
     assert!(s3.qemu_pid(&on2).is_none() && s2.qemu_pid(&on2).is_some());
 
