@@ -28,17 +28,22 @@ pub async fn probe(qemu_bin: &str, arch: Arch, kernel: Option<&Path>, budget: Du
         Arch::X86_64 => ("console=ttyS0", "pc"),
         Arch::Aarch64 => ("console=ttyAMA0", "virt,gic-version=3"),
     };
-    let mut child = match Command::new(qemu_bin)
-        .args(["-accel", "kvm", "-machine", machine, "-cpu", "host", "-m", "256", "-smp", "1", "-nodefaults", "-no-user-config"])
+    let mut cmd = Command::new(qemu_bin);
+    cmd.args(["-accel", "kvm", "-machine", machine, "-cpu", "host", "-m", "256", "-smp", "1", "-nodefaults", "-no-user-config"])
         .args(["-display", "none", "-serial", "stdio", "-no-reboot", "-kernel"])
         .arg(kernel)
         .args(["-append", &format!("{console} panic=-1 root=/dev/nonexistent")])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-    {
+        .kill_on_drop(true);
+    // The probe dies with the service: a service killed mid-probe (kill -9, where
+    // kill_on_drop cannot run) left a QEMU that a hung KVM kept running for good.
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(std::io::Error::from));
+    }
+    let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return tcg(format!("could not start {qemu_bin} for the KVM probe: {e}")),
     };

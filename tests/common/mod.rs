@@ -278,16 +278,21 @@ pub fn alive(pid: i32) -> bool {
 }
 
 /// Every QEMU whose command line names a file under `dir`.
+/// The VMs' QEMUs whose command line names `dir` (the KVM probe's QEMU, a kernel with no
+/// root disk that lives seconds, is not a VM).
 pub fn qemus_under(dir: &Path) -> Vec<i32> {
+    qemu_processes(dir, false)
+}
+
+fn qemu_processes(dir: &Path, with_probes: bool) -> Vec<i32> {
     let needle = dir.to_string_lossy().to_string();
     let mut out = vec![];
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
         if let Ok(c) = std::fs::read(format!("/proc/{pid}/cmdline")) {
             let c = String::from_utf8_lossy(&c);
-            // The KVM probe's QEMU (a kernel with no root disk, gone in seconds) is not a VM.
             let probe = c.contains("root=/dev/nonexistent");
-            if c.contains("qemu-system") && c.contains(&needle) && !probe && alive(pid) {
+            if c.contains("qemu-system") && c.contains(&needle) && (with_probes || !probe) && alive(pid) {
                 out.push(pid);
             }
         }
@@ -301,7 +306,7 @@ impl Drop for Service {
         // Every data dir this service used: its own, and one a test set with VM_BASE_DIR.
         let mut dirs = vec![self.base.clone()];
         dirs.extend(self.env.iter().filter(|(k, _)| k == "VM_BASE_DIR").map(|(_, v)| PathBuf::from(v)));
-        for pid in dirs.iter().flat_map(|d| qemus_under(d)) {
+        for pid in dirs.iter().flat_map(|d| qemu_processes(d, true)) {
             unsafe { kill(pid, 9) };
         }
         if std::thread::panicking() {
