@@ -93,7 +93,14 @@ impl Client {
 
     /// Sends; a transport failure, a refused token and any non-2xx answer become errors.
     pub async fn send(&self, rb: RequestBuilder) -> Result<Response> {
-        let resp = rb.send().await.map_err(|e| CliError::Unreachable { url: self.base.clone(), cause: root_cause(&e) })?;
+        let resp = rb.send().await.map_err(|e| {
+            if e.is_connect() {
+                CliError::Unreachable { url: self.base.clone(), cause: root_cause(&e) }
+            } else {
+                // Connected, then broken (e.g. a body refused part-way): not a wrong address.
+                CliError::Failed(format!("the request to {} broke: {}", self.base, root_cause(&e)))
+            }
+        })?;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
@@ -113,7 +120,7 @@ impl Client {
             rb = rb.json(&b);
         }
         let resp = self.send(rb).await?;
-        let text = resp.text().await.map_err(|e| CliError::Unreachable { url: self.base.clone(), cause: root_cause(&e) })?;
+        let text = resp.text().await.map_err(|e| CliError::Failed(format!("reading the answer of {}: {}", self.base, root_cause(&e))))?;
         serde_json::from_str(&text)
             .map_err(|e| CliError::Failed(format!("the service answered something that is not JSON ({e}): {}", text.chars().take(200).collect::<String>())))
     }

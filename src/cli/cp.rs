@@ -83,7 +83,9 @@ async fn upload(c: &Client, src: &Path, id: &str, dst: &str) -> Result<(usize, u
     let meta = tokio::fs::metadata(src).await.map_err(CliError::local(format!("reading {}", src.display())))?;
     let name = src.file_name().and_then(|n| n.to_str()).filter(|n| *n != "..").map(str::to_string);
     // Into an existing folder (or a path ending in /): under the source's own name, as cp does.
-    let into_dir = dst.ends_with('/') || remote_type(c, id, dst).await?.as_deref() == Some("directory");
+    // Asked first in any case: a VM that cannot take the copy says so before any byte is sent.
+    let dst_type = remote_type(c, id, dst).await?;
+    let into_dir = dst.ends_with('/') || dst_type.as_deref() == Some("directory");
     let target = match (&name, into_dir) {
         (Some(n), true) => join_remote(dst, n),
         _ => dst.trim_end_matches('/').to_string(),
