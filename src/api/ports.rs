@@ -82,6 +82,8 @@ pub struct ProxyOut {
     pub status: u16,
     pub reason: String,
     /// Every response header as `[name, value]`, in order, repeated names kept.
+    // A tuple renders as OpenAPI 3.0's `items: [..]`, which 3.1 rejects: pairs as string arrays.
+    #[schema(value_type = Vec<Vec<String>>)]
     pub headers: Vec<(String, String)>,
     pub body_b64: String,
 }
