@@ -102,10 +102,13 @@ impl Manager {
     /// running and booting VMs count, and so do admissions still being recorded.
     pub(crate) async fn admit(&self, id: &str, mem_mib: u32, vcpus: u32) -> Result<Admitted<'_>> {
         let _one_at_a_time = self.admission.lock().await;
+        // Pending is read before the catalog: an admission leaves it only after its record is
+        // written, so every admitted VM is in one of the two (read the other way round, a
+        // record written between the reads was in neither and the node overcommitted).
+        let pending = super::lock(&self.pending).clone();
         let records = self.catalog.list().await?;
         let dir = self.cfg.base_dir.clone();
         let host = tokio::task::spawn_blocking(move || host_free(&dir)).await.map_err(|e| ManagerError::Internal(e.to_string()))?;
-        let mut pending = super::lock(&self.pending);
         let mut used = Committed::default();
         for r in records {
             let ours = r.node.as_deref().is_none_or(|n| n == self.cfg.node_name);
@@ -120,7 +123,7 @@ impl Manager {
         }
         let p = Policy { mem_reserve_mib: self.cfg.mem_reserve_mib, cpu_overcommit: self.cfg.cpu_overcommit, min_free_disk_mib: self.cfg.min_free_disk_mib };
         admit(mem_mib as u64, vcpus as u64, host, used, p).map_err(ManagerError::Capacity)?;
-        pending.insert(id.to_string(), (mem_mib as u64, vcpus as u64));
+        super::lock(&self.pending).insert(id.to_string(), (mem_mib as u64, vcpus as u64));
         Ok(Admitted { pending: &self.pending, id: id.to_string() })
     }
 }
