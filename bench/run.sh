@@ -11,12 +11,15 @@
 #   bash bench/run.sh --snapshots   snapshot figures instead (bench/snapshots.py): restored
 #                                   vs cold creates, pause, resume, fork, QEMU memory.
 #                                   VM_BENCH_IMAGE=debian: the same on the Debian guest.
+#   bash bench/run.sh --machines    cold boot by machine (bench/machines.py): the tiny image as
+#                                   built (microvm + cloud kernel) vs the same sources built
+#                                   for pc + the generic kernel, alternating in one run.
 #   bash bench/run.sh --preview     preview figures (bench/preview.py): 1 KiB GET through the
 #                                   preview vs an ssh -L forward, 64 MiB both ways with the
 #                                   service's RSS, 100 concurrent requests.
 set -euo pipefail
 mode=main
-case "${1:-}" in --snapshots) mode=snapshots; shift ;; --preview) mode=preview; shift ;; esac
+case "${1:-}" in --snapshots) mode=snapshots; shift ;; --preview) mode=preview; shift ;; --machines) mode=machines; shift ;; esac
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/vm-service-target}"
 name="${VM_BENCH_IMAGE:-tiny}"
@@ -47,6 +50,14 @@ mkdir -p "$work/base/images/$name-cold"
 for f in "$image"/*; do [ "$(basename "$f")" = manifest.json ] || ln -s "$f" "$work/base/images/$name-cold/"; done
 python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); m.pop("refresh", None); m["name"]=sys.argv[3]; json.dump(m, open(sys.argv[2], "w"))' \
   "$image/manifest.json" "$work/base/images/$name-cold/manifest.json" "$name-cold"
+if [ "$mode" = machines ]; then
+  # The baseline: the same guest sources on pc + the generic kernel, without identity refresh.
+  VM_GUEST_MACHINE=pc VM_GUEST_KERNEL=generic VM_BASE_DIR="${VM_BASE_DIR:-/var/lib/vm-service}" \
+    bash "$here/guest/build.sh" --out "$work/base/images/$name-pc-cold" >/dev/null
+  python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); m.pop("refresh", None); m["name"]=sys.argv[2]; json.dump(m, open(sys.argv[1], "w"))' \
+    "$work/base/images/$name-pc-cold/manifest.json" "$name-pc-cold"
+  chmod -R a+rX "$work/base/images"
+fi
 export VM_BASE_IMAGE="$name"
 export VM_BASE_DIR="$work/base" AUTH_TOKEN="$token" NODE_NAME=bench-node RUST_LOG=warn
 if [ "${CATALOG:-embedded}" = redis ]; then
@@ -76,6 +87,8 @@ out="$here/bench/results/$(date -u +%Y%m%dT%H%M%SZ).json"
 if [ "$mode" = preview ]; then
   python3 "$here/bench/preview.py" --url "http://127.0.0.1:$sport" --token "$token" --base-dir "$work/base" --service-pid "${pids[-1]}" \
     --app "$CARGO_TARGET_DIR/release/examples/guest_app" --json "$out" "$@"
+elif [ "$mode" = machines ]; then
+  python3 "$here/bench/machines.py" --url "http://127.0.0.1:$sport" --token "$token" --base-dir "$work/base" --images "$name-cold,$name-pc-cold" --json "$out" "$@"
 elif [ "$mode" = snapshots ]; then
   python3 "$here/bench/snapshots.py" --url "http://127.0.0.1:$sport" --token "$token" --base-dir "$work/base" --image "$name" --json "$out" "$@"
 else

@@ -44,6 +44,8 @@ if [ "$profile" = tiny ]; then
   need_file /usr/lib/openssh/sftp-server openssh-sftp-server
   need_file /sbin/resize2fs e2fsprogs
   need_file /usr/bin/resizepart util-linux
+  need_cmd lz4 lz4
+  need_cmd dpkg-deb dpkg
 else
   [ "$(id -u)" = 0 ] || die "the debian profile needs root (debootstrap and a chroot)"
   need_cmd debootstrap debootstrap
@@ -80,18 +82,39 @@ if [ "$profile" = debian ]; then
   kver="${kernel##*/vmlinuz-}"
   moddir="$root/lib/modules/$kver"
 else
-  # The kernel is the one Debian's meta package names (not the newest in /boot: a cloud host
-  # often has linux-image-cloud-amd64 too, whose kernel lacks the modules used here).
-  kpkg="${VM_GUEST_KERNEL_PKG:-linux-image-amd64}"
-  kdep="$(dpkg-query -W -f='${Depends}' "$kpkg" 2>/dev/null | tr ',' '\n' | grep -o 'linux-image-[0-9][^ ]*' | head -n 1 || true)"
-  [ -n "$kdep" ] || die "package $kpkg is not installed: run  apt-get install -y $kpkg"
-  kver="${kdep#linux-image-}"
-  kernel="/boot/vmlinuz-$kver"
-  [ -e "$kernel" ] || die "no $kernel (package $kdep): run  apt-get install -y --reinstall $kdep"
-  moddir="/lib/modules/$kver"
-  [ -d "$moddir" ] || die "no modules at $moddir (package linux-image-$kver)"
+  # The kernel is taken by package, whatever kernels the host runs: Debian's cloud flavour by
+  # default (ext4 built in, a smaller initramfs, boots ~0.6 s faster under TCG), the generic
+  # one with VM_GUEST_KERNEL=generic. An installed package is used in place, else its .deb is
+  # downloaded from the Debian archive into $VM_BASE_DIR/cache and unpacked.
+  case "${VM_GUEST_KERNEL:-cloud}" in
+    cloud) kmeta=linux-image-cloud-amd64 ;;
+    generic) kmeta=linux-image-amd64 ;;
+    *) die "VM_GUEST_KERNEL must be cloud or generic (got '${VM_GUEST_KERNEL}')" ;;
+  esac
+  kpkg_of() { apt-cache depends "$kmeta" 2>/dev/null | grep -o 'linux-image-[0-9][^ ]*' | head -n 1 || true; }
+  kpkg="$(kpkg_of)"
+  if [ -z "$kpkg" ] && [ "$(id -u)" = 0 ]; then apt-get update -q >/dev/null || true; kpkg="$(kpkg_of)"; fi
+  [ -n "$kpkg" ] || die "the package archive does not know $kmeta (run  apt-get update)"
+  kver="${kpkg#linux-image-}"
+  if dpkg-query -W -f='${Status}' "$kpkg" 2>/dev/null | grep "ok installed" >/dev/null; then
+    kroot=""
+  else
+    cache="$VM_BASE_DIR/cache/kernels"; mkdir -p "$cache"
+    deb="$(ls "$cache/${kpkg}_"*.deb 2>/dev/null | head -n 1 || true)"
+    if [ -z "$deb" ]; then
+      (cd "$cache" && apt-get download -q "$kpkg" >/dev/null 2>&1) || die "could not download $kpkg from the Debian archive"
+      deb="$(ls "$cache/${kpkg}_"*.deb | head -n 1)"
+    fi
+    kroot="$work/kernel"; dpkg-deb -x "$deb" "$kroot"
+  fi
+  kernel="$kroot/boot/vmlinuz-$kver"
+  [ -e "$kernel" ] || die "no $kernel (package $kpkg)"
+  moddir="$kroot/lib/modules/$kver"
+  [ -d "$moddir" ] || die "no modules at $moddir (package $kpkg)"
 fi
 modfile() { find "$moddir/kernel" -name "$1.ko" -o -name "$1.ko.xz" | head -n 1; }
+# Built into the kernel (the cloud flavour has ext4 and its helpers built in): nothing to load.
+builtin() { grep -E "/($1|${1//-/_}).ko$" "$moddir/modules.builtin" >/dev/null 2>&1; }
 
 if [ "$profile" = tiny ]; then # the tiny root filesystem, up to the matching fi
 mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,usr/lib/openssh,lib,lib64,etc/dropbear,etc/init.d,etc/acpi/PWRF,root,app,proc,sys,dev,run,tmp,var/log,home,mnt/seed}
@@ -113,6 +136,10 @@ copy_with_libs() { # copy a binary to the same path inside the rootfs, with its 
 copy_with_libs "$(command -v dropbear)" /usr/sbin/dropbear
 copy_with_libs "$(command -v dropbearkey)" /usr/bin/dropbearkey
 copy_with_libs /usr/lib/openssh/sftp-server /usr/lib/openssh/sftp-server
+# reseeding the RNG of a restored clone (sbin/vm-refresh)
+need_cmd cc gcc
+cc -Os -Wall -o "$work/vm-reseed" "$here/tools/vm-reseed.c" || die "could not compile tools/vm-reseed.c"
+copy_with_libs "$work/vm-reseed" /sbin/vm-reseed
 # growing the root partition and filesystem to the VM's disk (sbin/vm-grow)
 copy_with_libs /sbin/resize2fs /sbin/resize2fs
 copy_with_libs /usr/bin/resizepart /usr/bin/resizepart
@@ -149,6 +176,7 @@ cp /bin/busybox "$ird/bin/busybox"
 for app in sh mount umount insmod switch_root sleep cat mkdir ls echo; do ln -s busybox "$ird/bin/$app"; done
 initmods="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_mmio virtio-rng virtio_blk
   crc16 crc32c_generic mbcache jbd2 ext4 failover net_failover virtio_net fat vfat nls_cp437 nls_iso8859-1 nls_ascii cdrom isofs"
+initmods="$(for m in $initmods; do builtin "$m" || echo "$m"; done)"
 for m in $initmods; do
   f="$(modfile "$m")"; [ -n "$f" ] || f="$(modfile "${m//-/_}")"
   [ -n "$f" ] || die "kernel module $m not found under $moddir"
@@ -201,6 +229,9 @@ cp "$work/vmlinuz" "$out/vmlinuz.tmp"; mv "$out/vmlinuz.tmp" "$out/vmlinuz"
 cp "$work/initrd.gz" "$out/initrd.gz.tmp"; mv "$out/initrd.gz.tmp" "$out/initrd.gz"
 mv "$tmpq" "$out/disk.qcow2"
 chmod 644 "$out"/*
+# microvm (no PCI, no firmware tables to walk; virtio over MMIO) boots the tiny guest ~1.3 s
+# faster under TCG than pc; the Debian image keeps pc (it also boots its own bootloader).
+machine=pc; [ "$profile" = tiny ] && machine="${VM_GUEST_MACHINE:-microvm}"
 cat > "$out/manifest.json.tmp" <<EOF
 {
   "name": "$profile",
@@ -210,7 +241,7 @@ cat > "$out/manifest.json.tmp" <<EOF
   "initrd": "initrd.gz",
   "cmdline": "root=/dev/vda2 console=ttyS0",
   "ssh_user": "root",
-  "machine": "pc",
+  "machine": "$machine",
   "cpu": "qemu64,+rdrand",
 $(if [ "$profile" = tiny ]; then
     printf '  "ready_marker": "tiny-guest: rcS done",\n  "refresh": "/sbin/vm-refresh",'

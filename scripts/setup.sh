@@ -15,7 +15,7 @@ while [ $# -gt 0 ]; do
 done
 pkgs=(qemu-system-x86 qemu-utils redis-server redis-tools busybox-static dropbear-bin openssh-sftp-server
       openssh-client cpio dosfstools mtools syslinux syslinux-common fdisk zip unzip e2fsprogs
-      linux-image-amd64 python3 python3-venv gcc ca-certificates curl nftables)
+      lz4 python3 python3-venv gcc libc6-dev ca-certificates curl nftables)
 [ "${#images[@]}" -gt 1 ] && pkgs+=(debootstrap)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep "ok installed" >/dev/null || missing+=("$p"); done

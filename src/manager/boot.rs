@@ -402,6 +402,7 @@ impl Manager {
             no_egress,
             sandbox: self.sandbox.get().copied().unwrap_or(false),
             incoming,
+            tsc_khz: crate::qemu::tsc::host_khz(),
         }
     }
 

@@ -180,7 +180,9 @@ impl Manager {
             pidfile: "/vm/pid".into(),
             qmp: "/vm/qmp".into(),
         };
-        let spec = self.launch_spec((vcpus, mem_mib, false), image, &f, 1, true).await;
+        let mut spec = self.launch_spec((vcpus, mem_mib, false), image, &f, 1, true).await;
+        // A boot-time hint that varies by a few kHz between measurements; a restore skips the boot.
+        spec.tsc_khz = None;
         let argv = args::build(&spec).map(|a| a[1..].join(" ")).unwrap_or_default();
         format!("{} | {} | {argv}", self.qemu_version().await, image.identity())
     }
