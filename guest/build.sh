@@ -161,13 +161,14 @@ cp -a "$here/rootfs/." "$root/"
 chmod 755 "$root/etc/init.d/rcS" "$root/etc/udhcpc.script" "$root/etc/acpi/PWRF/00000080" "$root/sbin/vm-seed" "$root/sbin/sshd-loop" "$root/sbin/vm-refresh" "$root/sbin/vm-grow"
 chmod 600 "$root/etc/shadow"
 
-# modules the running system loads after switch_root (power button for ACPI shutdown)
+# modules the running system loads after switch_root (power button for ACPI shutdown; the
+# balloon's free page reporting, which hands memory the guest freed back to the host)
 mods="$root/lib/modules/extra"; mkdir -p "$mods"
 copy_mod() {
   local f; f="$(modfile "$1")"; [ -n "$f" ] || die "kernel module $1 not found under $moddir"
   case "$f" in *.xz) xz -dc "$f" > "$2/$1.ko" ;; *) cp "$f" "$2/$1.ko" ;; esac
 }
-for m in button evdev; do copy_mod "$m" "$mods"; done
+for m in button evdev virtio_balloon; do copy_mod "$m" "$mods"; done
 fi # tiny root filesystem
 
 # initramfs: busybox + the modules needed to reach the ext4 root on virtio

@@ -613,3 +613,30 @@ async fn a_guest_flooding_its_console_cannot_fill_the_host_disk() {
     let (st, tail) = s.get(&format!("/vms/{id}/console/tail?lines=3")).await;
     assert_eq!(st, 200, "{tail}");
 }
+
+/// Resident memory of a process, KiB.
+fn rss(pid: i32) -> i64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap()
+}
+
+/// Memory the guest frees goes back to the host (virtio-balloon free page reporting):
+/// 100 MB written to the guest's tmpfs and removed again leaves QEMU's RSS where it was.
+#[tokio::test]
+async fn memory_the_guest_frees_goes_back_to_the_host() {
+    let (s, id) = one_vm().await;
+    let pid = s.qemu_pid(&id).expect("the VM's QEMU pid");
+    let before = rss(pid);
+    let v = s.exec(&id, "head -c 100000000 /dev/zero | tr '\\0' x > /dev/shm/big && ls -l /dev/shm/big").await;
+    assert_eq!(v["exit_code"], 0, "{v}");
+    let full = rss(pid);
+    assert!(full - before > 80 * 1024, "writing 100 MB in the guest grew QEMU by only {} KiB", full - before);
+    assert_eq!(s.exec(&id, "rm /dev/shm/big").await["exit_code"], 0);
+    let t = Instant::now();
+    let mut now = rss(pid);
+    while full - now < 60 * 1024 && t.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        now = rss(pid);
+    }
+    assert!(full - now >= 60 * 1024, "QEMU kept the freed memory: RSS {before} KiB before, {full} with 100 MB in use, {now} 30 s after it was freed");
+}
