@@ -235,7 +235,7 @@ impl Manager {
         let image = self.image_of(&rec)?;
         let f = self.files(id);
         let slot = self.slot(id);
-        self.prepare(id, &rec, &image, &f, &slot, start).await?;
+        let seeded_key = self.prepare(id, &rec, &image, &f, &slot, start).await?;
         for attempt in 1..=PORT_ATTEMPTS {
             if cancel.is_cancelled() {
                 return Err(cancelled());
@@ -244,7 +244,7 @@ impl Manager {
             let spawned_at = started.elapsed();
             let ready = match start {
                 Start::Cold => {
-                    let target = self.target(id, guard.live.port.port(), None);
+                    let target = self.target(id, guard.live.port.port(), seeded_key.clone());
                     self.wait_ready(id, target, image.ready_marker.clone(), &f, &guard, cancel, started).await
                 }
                 Start::Restore(r) => {
@@ -339,7 +339,8 @@ impl Manager {
 
     /// Overlay (first boot only: on the image, or on the saved guest's disk layer for a
     /// restore), seed disk, an empty console log (kept for a resume), modes and owners.
-    async fn prepare(&self, id: &str, rec: &VmRecord, image: &BaseImage, f: &VmFiles, slot: &Arc<Slot>, start: &Start) -> Result<()> {
+    /// Returns the host key the guest was given in its seed (to be pinned), if any.
+    async fn prepare(&self, id: &str, rec: &VmRecord, image: &BaseImage, f: &VmFiles, slot: &Arc<Slot>, start: &Start) -> Result<Option<String>> {
         let dir = f.dir.clone();
         blocking(move || crate::util::private_dir(&dir).map_err(|e| ManagerError::Internal(format!("creating {}: {e}", dir.display())))).await?;
         self.settle_disk(id).await?;
@@ -352,7 +353,14 @@ impl Manager {
             };
             self.emit_step(id, "overlay_created", Some(format!("{size} bytes virtual")));
         }
-        let (seed_path, user_data, meta) = (f.seed.clone(), seed::user_data(&self.cfg.ssh_user, &self.pubkey, id), seed::meta_data(id));
+        let mut user_data = seed::user_data(&self.cfg.ssh_user, &self.pubkey, id);
+        let mut seeded_key = None;
+        if image.seed_host_key && matches!(start, Start::Cold) {
+            let (file, public) = new_host_key(false)?;
+            user_data = seed::with_host_key(user_data, &file);
+            seeded_key = Some(public);
+        }
+        let (seed_path, meta) = (f.seed.clone(), seed::meta_data(id));
         blocking(move || Ok(seed::write(&seed_path, &user_data, &meta)?)).await?;
         self.emit_step(id, "seed_written", None);
         let (console, run_as, resume) = (slot.console.clone(), self.cfg.run_as, matches!(start, Start::Resume));
@@ -375,7 +383,8 @@ impl Manager {
             }
             Ok(())
         })
-        .await
+        .await?;
+        Ok(seeded_key)
     }
 
     /// The QEMU launch of a guest of `shape` on `image` with the files of `f`: one

@@ -28,6 +28,9 @@ pub struct Manifest {
     /// How `refresh` takes the new SSH host key: "dropbear" (default) or "openssh".
     #[serde(default)]
     pub host_key_format: Option<String>,
+    /// The guest takes its dropbear host key from the seed (`write_files`) when given one.
+    #[serde(default)]
+    pub seed_host_key: bool,
     #[serde(default)]
     pub source_hash: Option<String>,
     /// Unix seconds of the build.
@@ -58,6 +61,8 @@ pub struct BaseImage {
     pub refresh: Option<String>,
     /// The key file format `refresh` takes (see [`Manifest::host_key_format`]).
     pub openssh_host_key: bool,
+    /// See [`Manifest::seed_host_key`].
+    pub seed_host_key: bool,
     pub source_hash: Option<String>,
     pub built_at: Option<f64>,
 }
@@ -74,6 +79,7 @@ impl BaseImage {
             ssh_user: None,
             refresh: None,
             openssh_host_key: false,
+            seed_host_key: false,
             source_hash: None,
             built_at: None,
         }
@@ -163,6 +169,7 @@ impl BaseImage {
                     ssh_user: m.ssh_user,
                     refresh: m.refresh,
                     openssh_host_key: m.host_key_format.as_deref() == Some("openssh"),
+                    seed_host_key: m.seed_host_key && m.host_key_format.as_deref() != Some("openssh"),
                     source_hash: m.source_hash,
                     built_at: m.built_at,
                 })

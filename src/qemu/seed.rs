@@ -21,6 +21,13 @@ pub fn user_data(ssh_user: &str, pubkey: &str, hostname: &str) -> String {
     )
 }
 
+/// `user_data` that also installs the guest's SSH host key (a dropbear key file, base64),
+/// made on the host: the guest skips making one at boot and the service knows the key it
+/// must be shown from the first connection.
+pub fn with_host_key(user_data: String, dropbear_key_b64: &str) -> String {
+    format!("{user_data}  - path: /etc/dropbear/dropbear_ed25519_host_key\n    permissions: '0600'\n    encoding: b64\n    content: {dropbear_key_b64}\n")
+}
+
 pub fn meta_data(vm_id: &str) -> String {
     format!("instance-id: {vm_id}\nlocal-hostname: {vm_id}\n")
 }
