@@ -621,7 +621,9 @@ fn rss(pid: i32) -> i64 {
 }
 
 /// Memory the guest frees goes back to the host (virtio-balloon free page reporting):
-/// 100 MB written to the guest's tmpfs and removed again leaves QEMU's RSS where it was.
+/// 100 MB written to the guest's tmpfs and removed again shrinks QEMU's RSS. Only whole free
+/// 2 MiB blocks are reported, so how much comes back depends on fragmentation (50 and 109 MB
+/// of the 100 here); without the balloon nothing does.
 #[tokio::test]
 async fn memory_the_guest_frees_goes_back_to_the_host() {
     let (s, id) = one_vm().await;
@@ -634,9 +636,9 @@ async fn memory_the_guest_frees_goes_back_to_the_host() {
     assert_eq!(s.exec(&id, "rm /dev/shm/big").await["exit_code"], 0);
     let t = Instant::now();
     let mut now = rss(pid);
-    while full - now < 60 * 1024 && t.elapsed() < Duration::from_secs(30) {
+    while full - now < 30 * 1024 && t.elapsed() < Duration::from_secs(30) {
         tokio::time::sleep(Duration::from_millis(500)).await;
         now = rss(pid);
     }
-    assert!(full - now >= 60 * 1024, "QEMU kept the freed memory: RSS {before} KiB before, {full} with 100 MB in use, {now} 30 s after it was freed");
+    assert!(full - now >= 30 * 1024, "QEMU kept the freed memory: RSS {before} KiB before, {full} with 100 MB in use, {now} 30 s after it was freed");
 }
