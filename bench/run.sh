@@ -48,14 +48,16 @@ ln -s "$image" "$work/base/images/$name"
 # The same image without its identity refresh command: never restored, always booted cold.
 mkdir -p "$work/base/images/$name-cold"
 for f in "$image"/*; do [ "$(basename "$f")" = manifest.json ] || ln -s "$f" "$work/base/images/$name-cold/"; done
-python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); m.pop("refresh", None); m["name"]=sys.argv[3]; json.dump(m, open(sys.argv[2], "w"))' \
-  "$image/manifest.json" "$work/base/images/$name-cold/manifest.json" "$name-cold"
+# cold_manifest SRC DEST NAME: SRC's manifest without identity refresh (never restored), named NAME.
+cold_manifest() {
+  python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); m.pop("refresh", None); m["name"]=sys.argv[3]; json.dump(m, open(sys.argv[2], "w"))' "$@"
+}
+cold_manifest "$image/manifest.json" "$work/base/images/$name-cold/manifest.json" "$name-cold"
 if [ "$mode" = machines ]; then
   # The baseline: the same guest sources on pc + the generic kernel, without identity refresh.
   VM_GUEST_MACHINE=pc VM_GUEST_KERNEL=generic VM_BASE_DIR="${VM_BASE_DIR:-/var/lib/vm-service}" \
     bash "$here/guest/build.sh" --out "$work/base/images/$name-pc-cold" >/dev/null
-  python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); m.pop("refresh", None); m["name"]=sys.argv[2]; json.dump(m, open(sys.argv[1], "w"))' \
-    "$work/base/images/$name-pc-cold/manifest.json" "$name-pc-cold"
+  cold_manifest "$work/base/images/$name-pc-cold/manifest.json" "$work/base/images/$name-pc-cold/manifest.json" "$name-pc-cold"
   chmod -R a+rX "$work/base/images"
 fi
 export VM_BASE_IMAGE="$name"

@@ -522,10 +522,15 @@ fn logs(s: &Service, id: &str) {
     assert!(vm_requests > 10 && steps >= 4, "too few VM log lines: {vm_requests} requests, {steps} steps");
 }
 
+/// A `/proc/<pid>/status` memory field (`VmHWM`, `VmRSS`…) of a process, KiB.
+fn status_kib(pid: i32, field: &str) -> i64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':')).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap()
+}
+
 /// VmHWM (peak resident set) of a process, KiB.
 fn peak_rss(pid: i32) -> i64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap()
+    status_kib(pid, "VmHWM")
 }
 
 /// A path that begins with `-` is a path, never an option: `{"paths":["-delete"]}` once
@@ -616,8 +621,7 @@ async fn a_guest_flooding_its_console_cannot_fill_the_host_disk() {
 
 /// Resident memory of a process, KiB.
 fn rss(pid: i32) -> i64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap()
+    status_kib(pid, "VmRSS")
 }
 
 /// Memory the guest frees goes back to the host (virtio-balloon free page reporting):

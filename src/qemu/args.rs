@@ -70,10 +70,15 @@ pub struct LaunchSpec {
 }
 
 impl LaunchSpec {
+    /// The image asks for `-machine microvm`.
+    fn asks_microvm(&self) -> bool {
+        self.machine.as_deref().is_some_and(|m| m.split(',').next() == Some("microvm"))
+    }
+
     /// `-machine microvm`: x86 direct kernel boot only (it has no firmware that boots a
     /// disk's own bootloader); such a launch falls back to q35.
     fn microvm(&self) -> bool {
-        self.arch == Arch::X86_64 && matches!(self.boot, Boot::Kernel { .. }) && self.machine.as_deref().is_some_and(|m| m.split(',').next() == Some("microvm"))
+        self.arch == Arch::X86_64 && matches!(self.boot, Boot::Kernel { .. }) && self.asks_microvm()
     }
 }
 
@@ -92,11 +97,12 @@ fn optval(v: &Path) -> String {
 
 pub fn build(spec: &LaunchSpec) -> Result<Vec<String>, QemuError> {
     let mut a = vec![spec.qemu_bin.clone()];
+    let microvm = spec.microvm();
     let tcg = if spec.tcg_tb_size > 0 { format!("tcg,tb-size={}", spec.tcg_tb_size) } else { s("tcg") };
     match spec.arch {
         Arch::X86_64 => {
             let machine = match spec.machine.clone() {
-                Some(m) if spec.microvm() || !m.starts_with("microvm") => m,
+                Some(m) if microvm || !spec.asks_microvm() => m,
                 _ => s("q35"),
             };
             match spec.accel {
@@ -145,18 +151,18 @@ pub fn build(spec: &LaunchSpec) -> Result<Vec<String>, QemuError> {
             a.extend([s("-initrd"), p(i)]);
         }
         let mut cmdline = cmdline.clone();
-        if let (true, false, Some(khz)) = (spec.microvm(), spec.accel == Accel::Kvm, spec.tsc_khz) {
+        if let (true, false, Some(khz)) = (microvm, spec.accel == Accel::Kvm, spec.tsc_khz) {
             // Without a reference to calibrate against, 1 boot in 6 hung for good; without
             // tsc=reliable the watchdog sometimes dropped the TSC a few seconds in.
             cmdline.push_str(&format!(" tsc_early_khz={khz} tsc=reliable"));
         }
         a.extend([s("-append"), cmdline]);
     }
-    let (blk, net) = match spec.arch {
-        Arch::X86_64 if !spec.microvm() => ("virtio-blk-pci", "virtio-net-pci"),
-        _ => ("virtio-blk-device", "virtio-net-device"),
+    let (blk, net, balloon) = match spec.arch {
+        Arch::X86_64 if !microvm => ("virtio-blk-pci", "virtio-net-pci", "virtio-balloon-pci"),
+        _ => ("virtio-blk-device", "virtio-net-device", "virtio-balloon-device"),
     };
-    if spec.microvm() {
+    if microvm {
         a.extend([s("-global"), s("virtio-mmio.force-legacy=false")]);
     }
     // The root disk must be the first virtio disk (/dev/vda); the seed is the second.
@@ -177,12 +183,11 @@ pub fn build(spec: &LaunchSpec) -> Result<Vec<String>, QemuError> {
     a.extend([s("-netdev"), netdev, s("-device"), format!("{net},netdev=n0")]);
     // Free page reporting: pages the guest frees are dropped from QEMU's memory (an idle
     // VM's RSS shrinks; a snapshot neither saves nor loads them). Never inflated.
-    let balloon = if blk.ends_with("-pci") { "virtio-balloon-pci" } else { "virtio-balloon-device" };
     a.extend([s("-device"), format!("{balloon},free-page-reporting=on")]);
     if spec.boot == Boot::Disk && spec.arch == Arch::X86_64 {
         a.extend([s("-device"), s("virtio-rng-pci")]);
     }
-    if spec.arch == Arch::X86_64 && !spec.microvm() {
+    if spec.arch == Arch::X86_64 && !microvm {
         // microvm's ACPI tables have no place for it (the guest's vm-refresh reseeds there).
         // A generation id that changes when a saved guest is restored: the guest kernel then
         // reseeds its RNG, so clones of one snapshot do not share random numbers.
