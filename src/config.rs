@@ -129,6 +129,11 @@ pub struct Settings {
     /// create of a shape, `off` always boots cold.
     #[arg(long, env = "VM_SNAPSHOTS", default_value = "on", value_parser = ["off", "on", "auto"])]
     pub vm_snapshots: String,
+    /// Guest RAM of a snapshot: `template` keeps it in a file that restored VMs map
+    /// copy-on-write (nothing read at restore; copies share the pages they did not change),
+    /// `copy` saves it in the state file and every restore reads it whole.
+    #[arg(long, env = "VM_SNAPSHOT_RAM", default_value = "template", value_parser = ["template", "copy"])]
+    pub vm_snapshot_ram: String,
     /// Largest `count` of one fork.
     #[arg(long, env = "VM_MAX_FORK", default_value_t = 8)]
     pub vm_max_fork: u32,
@@ -200,6 +205,8 @@ pub struct Resolved {
     pub port_range: std::ops::RangeInclusive<u16>,
     pub console_log_max_bytes: u64,
     pub snapshots: crate::manager::snapshot::Policy,
+    /// Snapshots keep guest RAM in a template file (VM_SNAPSHOT_RAM=template).
+    pub snapshot_template_ram: bool,
     pub max_fork: u32,
     pub preview_domain: Option<String>,
     /// Cluster mode: this node's advertised URL and the cluster secret.
@@ -293,6 +300,7 @@ impl Settings {
             port_range: crate::qemu::ports::parse_range(&self.vm_port_range).map_err(|e| anyhow::anyhow!("VM_PORT_RANGE: {e}"))?,
             console_log_max_bytes: self.vm_console_log_max_kib.max(256) * 1024,
             snapshots: crate::manager::snapshot::Policy::parse(&self.vm_snapshots).map_err(|e| anyhow::anyhow!(e))?,
+            snapshot_template_ram: self.vm_snapshot_ram != "copy",
             max_fork: self.vm_max_fork.max(1),
             preview_domain: self.preview_domain.as_deref().map(|d| d.trim_matches('.').to_ascii_lowercase()).filter(|d| !d.is_empty()),
             cluster: self.cluster()?,

@@ -264,3 +264,48 @@ async fn duplicate_and_ensure_as_the_original() {
     assert_eq!((st.as_u16(), r["state"].as_str(), r["id"].as_str()), (200, Some("stopped"), Some(lost)), "{r}");
     assert!(s.base.join("vms").join(lost).is_dir());
 }
+
+/// Template RAM (VM_SNAPSHOT_RAM=template, the default): copies map the snapshot's RAM
+/// copy-on-write. A copy that fills and frees memory leaves what the next copy starts from
+/// as it was; a copy pauses and resumes (its RAM saved whole) and forks; deleting the
+/// snapshot leaves running copies be.
+#[tokio::test]
+async fn copies_share_the_template_ram_and_cannot_change_it() {
+    let s = Service::start(Opts { extra: vec![("VM_ACCEL".into(), "tcg".into())], ..Default::default() }).await;
+    let (st, snap) = s.post(&format!("/images/{}/snapshots", image_name()), json!({"vcpus": 1, "mem_mib": 256})).await;
+    assert_eq!(st, 201, "{snap}\n{}", s.log());
+    assert_eq!(snap["template_ram"], true, "{snap}");
+    assert!(snap["state_bytes"].as_u64().unwrap() < 16 << 20, "the state holds the RAM: {snap}");
+
+    let a = create(&s).await["id"].as_str().unwrap().to_string();
+    let fill = "head -c 100000000 /dev/zero | tr '\\0' x > /dev/shm/big && rm /dev/shm/big && sync && echo 3 > /proc/sys/vm/drop_caches && echo 1 > /proc/sys/vm/compact_memory";
+    assert_eq!(s.exec(&a, fill).await["exit_code"], 0);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let qemu_log = std::fs::read_to_string(s.base.join("vms").join(&a).join("qemu.log")).unwrap_or_default();
+    assert!(!qemu_log.contains("fallocate"), "the copy tried to drop template pages:\n{qemu_log}");
+    let b = create(&s).await;
+    assert_eq!(b["booted_from"], "snapshot", "{b}\n{}", s.log());
+    let b = b["id"].as_str().unwrap().to_string();
+    let ib = identity(&s, &b).await;
+    assert_eq!((ib[0].as_str(), ib[1].as_str()), (b.as_str(), b.as_str()), "{ib:?}");
+
+    // A copy's own save holds all its memory: it resumes on plain RAM, its process alive.
+    let pid = s.exec(&a, "setsid sleep 1000 < /dev/null > /dev/null 2>&1 & echo $!").await["stdout"].as_str().unwrap().trim().to_string();
+    let actions = format!("/vms/{a}/actions");
+    assert_eq!(s.post(&actions, json!({"action": "pause"})).await.1["state"], "paused");
+    let (st, r) = s.post(&format!("{actions}?wait=true"), json!({"action": "resume"})).await;
+    assert_eq!((st.as_u16(), r["state"].as_str()), (200, Some("running")), "{r}\n{}", s.log());
+    assert_eq!(s.exec(&a, &format!("kill -0 {pid} && cat /etc/vm-id")).await["stdout"], format!("{a}\n"));
+    let (st, kids) = s.post(&format!("/vms/{b}/fork?wait=true"), json!({"count": 1})).await;
+    assert_eq!(st, 201, "{kids}\n{}", s.log());
+    let kid = kids[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(s.exec(&kid, "cat /etc/vm-id").await["stdout"], format!("{kid}\n"));
+
+    // The snapshot goes; its copies run on.
+    let (st, _) = s.call(Method::DELETE, &format!("/images/{}/snapshots/1/256", image_name()), None).await;
+    assert_eq!(st, 200);
+    for id in [&a, &b, &kid] {
+        assert_eq!(s.exec(id, "echo 1 > /root/after; cat /root/after").await["stdout"], "1\n", "{id}");
+    }
+    assert_eq!(create(&s).await["booted_from"], "cold");
+}

@@ -50,6 +50,8 @@ pub struct SnapshotOut {
     pub mem_mib: u32,
     pub created_at: f64,
     pub state_bytes: u64,
+    /// Guest RAM kept in a template file that restored VMs map copy-on-write (not in the state).
+    pub template_ram: bool,
     /// Seconds the template guest took to boot, and to be saved.
     pub boot_s: f64,
     pub save_s: f64,
@@ -66,6 +68,7 @@ fn snapshot_out(s: SnapshotInfo) -> SnapshotOut {
         mem_mib: m.mem_mib,
         created_at: m.created_at,
         state_bytes: m.state_bytes,
+        template_ram: m.template_ram,
         boot_s: m.boot_s,
         save_s: m.save_s,
         usable: s.usable,

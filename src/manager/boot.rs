@@ -137,6 +137,9 @@ pub(crate) struct Restore {
     /// The VM id the saved guest still carries, and its SSH host key.
     pub from_id: String,
     pub host_key: String,
+    /// The snapshot's template RAM, a sealed copy (mapped copy-on-write; the state holds
+    /// no RAM then).
+    pub ram: Option<Arc<std::os::fd::OwnedFd>>,
     /// "snapshot" or "fork" (VMOut.booted_from).
     pub kind: &'static str,
     /// Runs when the last VM restored from this is up (a fork's state file is removed).
@@ -240,7 +243,7 @@ impl Manager {
             if cancel.is_cancelled() {
                 return Err(cancelled());
             }
-            let guard = self.launch(id, &rec, &image, &f, &slot, !matches!(start, Start::Cold)).await?;
+            let guard = self.launch(id, &rec, &image, &f, &slot, start).await?;
             let spawned_at = started.elapsed();
             let ready = match start {
                 Start::Cold => {
@@ -249,14 +252,14 @@ impl Manager {
                 }
                 Start::Restore(r) => {
                     let target = self.target(&r.from_id, guard.live.port.port(), Some(r.host_key.clone()));
-                    match self.load_state(&f, &r.state, rec.disk_gib).await {
+                    match self.load_state(&f, &r.state, r.ram.is_some(), rec.disk_gib).await {
                         Ok(()) => self.wait_ready(id, target, None, &f, &guard, cancel, started).await,
                         Err(e) => Err(NotReady::Failed(e)),
                     }
                 }
                 Start::Resume => {
                     let target = self.target(id, guard.live.port.port(), rec.host_key.clone());
-                    match self.load_state(&f, &self.paused_state(id), 0).await {
+                    match self.load_state(&f, &self.paused_state(id), false, 0).await {
                         Ok(()) => self.wait_ready(id, target, None, &f, &guard, cancel, started).await,
                         Err(e) => Err(NotReady::Failed(e)),
                     }
@@ -304,7 +307,8 @@ impl Manager {
                 let seed: String = seed.iter().map(|b| format!("{b:02x}")).collect();
                 let (key_file, key) = new_host_key(image.openssh_host_key)?;
                 let epoch = host_time_for(guest).await?;
-                guest.run_checked(&crate::guest::cmd::refresh(&refresh, id, epoch, &seed, &key_file), Duration::from_secs(30)).await?;
+                let refresh = crate::guest::cmd::refresh(&refresh, id, epoch, &seed, &key_file, r.ram.is_some());
+                guest.run_checked(&refresh, Duration::from_secs(30)).await?;
                 guest.retarget(id, &key);
                 self.emit_step(id, "identity_refreshed", Some(format!("restored from {} {}; refresh took {} ms", r.kind, r.from_id, t0.elapsed().as_millis())));
                 Ok(())
@@ -312,15 +316,17 @@ impl Manager {
         }
     }
 
-    /// Feeds saved memory to the QEMU just launched (`-incoming defer`), starts its vCPUs
-    /// and, for a disk asked larger than the saved one, grows the disk (the guest is told).
-    async fn load_state(&self, f: &VmFiles, state: &std::path::Path, disk_gib: u32) -> Result<()> {
+    /// Feeds saved memory to the QEMU just launched (`-incoming defer`; `template_ram`: the
+    /// state leaves out the RAM its template holds), starts its vCPUs and, for a disk asked
+    /// larger than the saved one, grows the disk (the guest is told).
+    async fn load_state(&self, f: &VmFiles, state: &std::path::Path, template_ram: bool, disk_gib: u32) -> Result<()> {
         use crate::qemu::qmp::Qmp;
         let file = tokio::fs::File::open(state).await.map_err(|e| ManagerError::Internal(format!("opening the saved state {}: {e}", state.display())))?;
         let file = file.into_std().await;
         let t0 = Instant::now();
         let mut q = Qmp::connect(&f.qmp, Duration::from_secs(10)).await?;
         let connected = t0.elapsed();
+        q.ignore_shared_ram(template_ram).await?;
         q.send_fd("incoming", std::os::fd::AsFd::as_fd(&file)).await?;
         q.call("migrate-incoming", Some(serde_json::json!({ "uri": "fd:incoming" }))).await?;
         let status = q.wait_incoming(Duration::from_secs(120)).await?;
@@ -412,18 +418,24 @@ impl Manager {
             sandbox: self.sandbox.get().copied().unwrap_or(false),
             incoming,
             tsc_khz: crate::qemu::tsc::host_khz(),
+            ram: None,
         }
     }
 
-    /// Reserves a port, spawns QEMU (waiting for saved state when `incoming`) and puts it
-    /// in the VM's slot, watched.
-    async fn launch(self: &Arc<Self>, id: &str, rec: &VmRecord, image: &BaseImage, f: &VmFiles, slot: &Arc<Slot>, incoming: bool) -> Result<LaunchGuard> {
+    /// Reserves a port, spawns QEMU (waiting for saved state unless `start` is cold) and
+    /// puts it in the VM's slot, watched.
+    async fn launch(self: &Arc<Self>, id: &str, rec: &VmRecord, image: &BaseImage, f: &VmFiles, slot: &Arc<Slot>, start: &Start) -> Result<LaunchGuard> {
         let mut port = self.ports.reserve().ok_or(QemuError::NoPort)?;
-        let spec = self.launch_spec((rec.vcpus, rec.mem_mib, rec.no_egress), image, f, port.port(), incoming).await;
+        let mut spec = self.launch_spec((rec.vcpus, rec.mem_mib, rec.no_egress), image, f, port.port(), !matches!(start, Start::Cold)).await;
+        let ram = match start {
+            Start::Restore(r) => r.ram.clone(),
+            _ => None,
+        };
+        spec.ram = ram.as_deref().map(|fd| args::RamFile { path: crate::qemu::template_ram::path_in_child(fd), share: false });
         let accel = spec.accel;
         let argv = args::build(&spec)?;
         port.unbind();
-        let child = process::spawn(&argv, &f.qemu_log, self.cfg.run_as)?;
+        let child = process::spawn(&argv, &f.qemu_log, self.cfg.run_as, ram.as_deref())?;
         let (proc, exit) = process::own_child(child)?;
         let pid = proc.pid();
         let (tx, exited) = tokio::sync::watch::channel(false);

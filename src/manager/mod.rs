@@ -179,6 +179,9 @@ pub struct Manager {
     qemu_version: OnceCell<String>,
     /// One snapshot build per image and shape at a time.
     snapshot_builds: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Sealed copies of snapshots' template RAM by snapshot directory, with the template
+    /// they were made from.
+    template_rams: Mutex<HashMap<PathBuf, (String, Arc<std::os::fd::OwnedFd>)>>,
     /// Held while disk layers are made or removed.
     layers_lock: tokio::sync::Mutex<()>,
     /// Cluster mode: the node registry (set at start-up) and recent placements.
@@ -221,6 +224,7 @@ impl Manager {
             snapshot_policy: cfg_policy,
             qemu_version: OnceCell::new(),
             snapshot_builds: Default::default(),
+            template_rams: Default::default(),
             layers_lock: Default::default(),
             registry: std::sync::OnceLock::new(),
             placements: Default::default(),

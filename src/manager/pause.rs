@@ -50,7 +50,7 @@ impl Manager {
         let (state, meta) = (self.paused_state(id), self.paused_meta(id));
         let part = state.with_extension("bin.part");
         let bytes =
-            self.save_state(&self.files(id).qmp, &part).await.map_err(|e| ManagerError::Conflict(format!("pause failed, the VM keeps running: {e}")))?;
+            self.save_state(&self.files(id).qmp, &part, false).await.map_err(|e| ManagerError::Conflict(format!("pause failed, the VM keeps running: {e}")))?;
         let saved = SavedState { bytes, qemu_version: self.qemu_version().await, saved_at: now() };
         let text = serde_json::to_vec(&saved).unwrap_or_default();
         let (p2, s2, m2) = (part.clone(), state.clone(), meta.clone());
@@ -148,6 +148,7 @@ impl Manager {
             state,
             from_id: id.to_string(),
             host_key,
+            ram: None,
             kind: "fork",
             on_done: Some(Box::new(move || {
                 let _ = std::fs::remove_file(&remove);
@@ -227,7 +228,7 @@ impl Manager {
         let file_name = next.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let _ = blocking(move || crate::util::write_private(&marker, file_name.as_bytes()).map_err(|e| ManagerError::Internal(e.to_string()))).await;
         // save_state stops (already stopped), saves, and leaves it stopped.
-        let saved = self.save_state(&f.qmp, &state).await;
+        let saved = self.save_state(&f.qmp, &state, false).await;
         if let Err(e) = crate::qemu::qmp::execute(&f.qmp, "cont", None).await {
             tracing::error!(vm_id = %id, error = %e, "the source of a fork did not continue");
             return Err(ManagerError::Internal(format!("the source did not continue after the save: {e}")));

@@ -30,6 +30,9 @@ pub struct SnapshotMeta {
     /// The frozen disk layer (a file under VM_BASE_DIR/layers).
     pub layer: PathBuf,
     pub state_bytes: u64,
+    /// The guest RAM is in the snapshot's `ram.bin` (VM_SNAPSHOT_RAM=template), not in the state.
+    #[serde(default)]
+    pub template_ram: bool,
     /// QEMU version, image identity and the command line's shape it was made with.
     pub fits: String,
     pub created_at: f64,
@@ -90,6 +93,9 @@ pub struct ImageInfo {
     /// Its copies can take their own identity (snapshots and forks restore it).
     pub snapshots: bool,
 }
+
+/// A snapshot's template RAM, beside its state.bin.
+const RAM_FILE: &str = "ram.bin";
 
 fn shape_dir(vcpus: u32, mem_mib: u32) -> String {
     format!("{vcpus}c{mem_mib}m")
@@ -183,6 +189,7 @@ impl Manager {
         let mut spec = self.launch_spec((vcpus, mem_mib, false), image, &f, 1, true).await;
         // A boot-time hint that varies by a few kHz between measurements; a restore skips the boot.
         spec.tsc_khz = None;
+        spec.ram = self.cfg.snapshot_template_ram.then(|| args::RamFile { path: "/snapshot/ram.bin".into(), share: false });
         let argv = args::build(&spec).map(|a| a[1..].join(" ")).unwrap_or_default();
         format!("{} | {} | {argv}", self.qemu_version().await, image.identity())
     }
@@ -225,14 +232,43 @@ impl Manager {
             Ok(m) if m.len() == meta.state_bytes => {}
             _ => return Err(format!("the snapshot's state file {} is missing or truncated", state.display())),
         }
+        let ram = match meta.template_ram {
+            true => Some(self.template_ram(dir, &meta).await?),
+            false => None,
+        };
         Ok(Start::Restore(Arc::new(Restore {
             layer: meta.layer.clone(),
             state,
+            ram,
             from_id: meta.template_id.clone(),
             host_key: meta.host_key.clone(),
             kind: "snapshot",
             on_done: None,
         })))
+    }
+
+    /// The sealed copy of the snapshot's template RAM that restores map, made once per
+    /// snapshot (again after a restart of the service).
+    async fn template_ram(&self, dir: &Path, meta: &SnapshotMeta) -> std::result::Result<Arc<std::os::fd::OwnedFd>, String> {
+        let key = dir.to_path_buf();
+        if let Some((made_for, fd)) = lock(&self.template_rams).get(&key) {
+            if *made_for == meta.template_id {
+                return Ok(fd.clone());
+            }
+        }
+        let (path, size) = (dir.join(RAM_FILE), u64::from(meta.mem_mib) << 20);
+        let fd = blocking(move || {
+            match std::fs::metadata(&path) {
+                Ok(m) if m.len() == size => {}
+                _ => return Err(ManagerError::Internal(format!("the snapshot's RAM file {} is missing or of the wrong size", path.display()))),
+            }
+            Ok(crate::qemu::template_ram::sealed_copy(&path)?)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let fd = Arc::new(fd);
+        lock(&self.template_rams).insert(key, (meta.template_id.clone(), fd.clone()));
+        Ok(fd)
     }
 
     /// Every snapshot of `image_name`, with whether it is used now.
@@ -263,6 +299,7 @@ impl Manager {
         let meta =
             Self::read_meta(&dir).await.ok_or_else(|| ManagerError::NotFoundWhat(format!("no snapshot of {image_name} for {vcpus} vCPU / {mem_mib} MiB")))?;
         tokio::fs::remove_dir_all(&dir).await.map_err(io(format!("removing {}", dir.display())))?;
+        lock(&self.template_rams).remove(&dir);
         self.gc_layers().await;
         Ok(meta)
     }
@@ -326,10 +363,18 @@ impl Manager {
         overlay::create(&self.cfg.qemu_img, &image.disk, &f.overlay, 0).await?;
         let (seed_path, user_data, meta_data) =
             (f.seed.clone(), seed::user_data(&self.cfg.ssh_user, &self.pubkey, &template_id), seed::meta_data(&template_id));
-        let (owned, run_as, console) = ([f.dir.clone(), f.overlay.clone(), f.seed.clone(), f.console.clone()], self.cfg.run_as, f.console.clone());
+        let ram = self.cfg.snapshot_template_ram.then(|| build.join(RAM_FILE));
+        let mut owned = vec![f.dir.clone(), f.overlay.clone(), f.seed.clone(), f.console.clone()];
+        owned.extend(ram.clone());
+        let (run_as, console, ram_file) = (self.cfg.run_as, f.console.clone(), ram.clone());
         blocking(move || {
             seed::write(&seed_path, &user_data, &meta_data)?;
             crate::util::private_file(&console).map_err(io("creating the console log".into()))?;
+            if let Some(ram) = &ram_file {
+                // Made here at its full size (sparse): QEMU would make a missing one itself, unchecked.
+                let file = crate::util::private_file(ram).map_err(io(format!("creating {}", ram.display())))?;
+                file.set_len(u64::from(mem_mib) << 20).map_err(io(format!("sizing {}", ram.display())))?;
+            }
             if let Some((uid, gid)) = run_as {
                 for p in &owned {
                     nix::unistd::chown(p.as_path(), Some(nix::unistd::Uid::from_raw(uid)), Some(nix::unistd::Gid::from_raw(gid)))
@@ -339,7 +384,7 @@ impl Manager {
             Ok(())
         })
         .await?;
-        let (proc, exited, _port, guest) = self.launch_template(image, &f, vcpus, mem_mib, &template_id).await?;
+        let (proc, exited, _port, guest) = self.launch_template(image, &f, ram.as_deref(), (vcpus, mem_mib), &template_id).await?;
         // Killed on every way out below; a clean `quit` makes this a no-op.
         let stop = scopeguard(move || proc.signal(nix::sys::signal::Signal::SIGKILL));
         let boot_s = t0.elapsed().as_secs_f64();
@@ -348,7 +393,7 @@ impl Manager {
         guest.close().await;
         let t_save = Instant::now();
         let state = build.join("state.bin");
-        let state_bytes = self.save_state(&f.qmp, &state).await?;
+        let state_bytes = self.save_state(&f.qmp, &state, ram.is_some()).await?;
         let mut q = Qmp::connect(&f.qmp, Duration::from_secs(5)).await?;
         let _ = q.call("quit", None).await;
         let _ = tokio::time::timeout(Duration::from_secs(10), exited).await;
@@ -365,6 +410,7 @@ impl Manager {
             host_key,
             layer,
             state_bytes,
+            template_ram: ram.is_some(),
             fits: self.fits(image, vcpus, mem_mib).await,
             created_at: now(),
             boot_s,
@@ -374,6 +420,13 @@ impl Manager {
         blocking(move || {
             for stale in ["seed.img", "console.log", "qemu.log", "qemu.pid", "qmp.sock"] {
                 let _ = std::fs::remove_file(build.join(stale));
+            }
+            // Back to the service's own user: no QEMU may change what later copies start from.
+            for p in [build.clone(), build.join(RAM_FILE)] {
+                if p.exists() {
+                    nix::unistd::chown(p.as_path(), Some(nix::unistd::geteuid()), Some(nix::unistd::getegid()))
+                        .map_err(|e| ManagerError::Internal(format!("taking {} back from QEMU's user: {e}", p.display())))?;
+                }
             }
             crate::util::write_private(&build.join("meta.json"), &text).map_err(io("writing the snapshot's meta.json".into()))?;
             // Swap in atomically: the old one (if any) moves aside first.
@@ -388,23 +441,24 @@ impl Manager {
         Ok(meta)
     }
 
-    /// Starts the template guest and waits for its SSH (a launch whose port another
-    /// process took first is tried again on another port).
+    /// Starts the template guest (its RAM in `ram` when given) and waits for its SSH (a
+    /// launch whose port another process took first is tried again on another port).
     async fn launch_template(
         &self,
         image: &BaseImage,
         f: &VmFiles,
-        vcpus: u32,
-        mem_mib: u32,
+        ram: Option<&Path>,
+        (vcpus, mem_mib): (u32, u32),
         template_id: &str,
     ) -> Result<(process::Proc, tokio::task::JoinHandle<process::ExitDesc>, crate::qemu::ports::PortLease, GuestVm)> {
         let limit = Duration::from_secs(self.cfg.timeout_boot_s);
         for attempt in 1..=3 {
             let mut port = self.ports.reserve().ok_or(QemuError::NoPort)?;
-            let spec = self.launch_spec((vcpus, mem_mib, false), image, f, port.port(), false).await;
+            let mut spec = self.launch_spec((vcpus, mem_mib, false), image, f, port.port(), false).await;
+            spec.ram = ram.map(|path| args::RamFile { path: path.to_path_buf(), share: true });
             let argv = args::build(&spec)?;
             port.unbind();
-            let child = process::spawn(&argv, &f.qemu_log, self.cfg.run_as)?;
+            let child = process::spawn(&argv, &f.qemu_log, self.cfg.run_as, None)?;
             let (proc, exit) = process::own_child(child)?;
             let mut exited = tokio::spawn(exit);
             let target = self.target(template_id, port.port(), None);
@@ -433,14 +487,15 @@ impl Manager {
     }
 
     /// Saves a running QEMU's memory and devices into `dest` (a new file, mode 0600) and
-    /// leaves it stopped; the bytes written. On failure the file is removed and the guest
+    /// leaves it stopped; the bytes written. `template_ram`: its RAM file is left out. On failure the file is removed and the guest
     /// runs on.
-    pub(crate) async fn save_state(&self, qmp: &Path, dest: &Path) -> Result<u64> {
+    pub(crate) async fn save_state(&self, qmp: &Path, dest: &Path, template_ram: bool) -> Result<u64> {
         let file = crate::util::private_file(dest).map_err(io(format!("creating {}", dest.display())))?;
         let saved = async {
             let mut q = Qmp::connect(qmp, Duration::from_secs(5)).await?;
             // QEMU 7.2 caps migration at 128 MiB/s by default: a save would take 6× longer.
             q.call("migrate-set-parameters", Some(serde_json::json!({ "max-bandwidth": 107_374_182_400u64 }))).await?;
+            q.ignore_shared_ram(template_ram).await?;
             q.call("stop", None).await?;
             let r = async {
                 q.send_fd("save", std::os::fd::AsFd::as_fd(&file)).await?;

@@ -67,6 +67,17 @@ pub struct LaunchSpec {
     pub incoming: bool,
     /// The host TSC rate (kHz), given to a microvm guest under TCG (see [`super::tsc`]).
     pub tsc_khz: Option<u64>,
+    /// Guest RAM backed by a file (a snapshot's template RAM) instead of anonymous memory.
+    pub ram: Option<RamFile>,
+}
+
+/// Guest RAM in a file: the snapshot template writes it (`share`); restored copies map it
+/// copy-on-write, so ten copies share the pages none of them changed and a restore reads
+/// no RAM up front.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RamFile {
+    pub path: PathBuf,
+    pub share: bool,
 }
 
 impl LaunchSpec {
@@ -79,6 +90,17 @@ impl LaunchSpec {
     /// disk's own bootloader); such a launch falls back to q35.
     fn microvm(&self) -> bool {
         self.arch == Arch::X86_64 && matches!(self.boot, Boot::Kernel { .. }) && self.asks_microvm()
+    }
+
+    /// The name QEMU gives the machine's RAM when it makes it itself. A RAM file object
+    /// takes the same name, so the state of a VM on template RAM loads into plain RAM
+    /// (a resume, a fork) and the other way round.
+    fn ram_id(&self) -> &'static str {
+        match self.arch {
+            Arch::Aarch64 => "mach-virt.ram",
+            Arch::X86_64 if self.microvm() => "microvm.ram",
+            Arch::X86_64 => "pc.ram",
+        }
     }
 }
 
@@ -99,12 +121,16 @@ pub fn build(spec: &LaunchSpec) -> Result<Vec<String>, QemuError> {
     let mut a = vec![spec.qemu_bin.clone()];
     let microvm = spec.microvm();
     let tcg = if spec.tcg_tb_size > 0 { format!("tcg,tb-size={}", spec.tcg_tb_size) } else { s("tcg") };
+    let ram_backend = |m: String| match &spec.ram {
+        Some(_) => format!("{m},memory-backend={}", spec.ram_id()),
+        None => m,
+    };
     match spec.arch {
         Arch::X86_64 => {
-            let machine = match spec.machine.clone() {
+            let machine = ram_backend(match spec.machine.clone() {
                 Some(m) if microvm || !spec.asks_microvm() => m,
                 _ => s("q35"),
-            };
+            });
             match spec.accel {
                 Accel::Kvm => a.extend([s("-accel"), s("kvm"), s("-machine"), machine, s("-cpu"), s("host")]),
                 _ => a.extend([s("-accel"), tcg, s("-machine"), machine, s("-cpu"), spec.cpu.clone().unwrap_or_else(|| s("max"))]),
@@ -112,9 +138,9 @@ pub fn build(spec: &LaunchSpec) -> Result<Vec<String>, QemuError> {
         }
         Arch::Aarch64 => {
             match spec.accel {
-                Accel::Kvm => a.extend([s("-accel"), s("kvm"), s("-cpu"), s("host"), s("-machine"), s("virt,gic-version=3,its=off")]),
-                Accel::Hvf => a.extend([s("-accel"), s("hvf"), s("-cpu"), s("max"), s("-machine"), s("virt")]),
-                Accel::Tcg => a.extend([s("-accel"), tcg, s("-cpu"), s("max"), s("-machine"), s("virt")]),
+                Accel::Kvm => a.extend([s("-accel"), s("kvm"), s("-cpu"), s("host"), s("-machine"), ram_backend(s("virt,gic-version=3,its=off"))]),
+                Accel::Hvf => a.extend([s("-accel"), s("hvf"), s("-cpu"), s("max"), s("-machine"), ram_backend(s("virt"))]),
+                Accel::Tcg => a.extend([s("-accel"), tcg, s("-cpu"), s("max"), s("-machine"), ram_backend(s("virt"))]),
             }
             let fw = spec.uefi.as_ref().ok_or(QemuError::NoUefi)?;
             if spec.boot == Boot::Disk {
@@ -142,6 +168,19 @@ pub fn build(spec: &LaunchSpec) -> Result<Vec<String>, QemuError> {
         s("-pidfile"),
         p(&spec.pidfile),
     ]);
+    if let Some(ram) = &spec.ram {
+        // share=off maps the file copy-on-write (QEMU 7.2 still opens it read-write).
+        a.extend([
+            s("-object"),
+            format!(
+                "memory-backend-file,id={},size={}M,mem-path={},share={}",
+                spec.ram_id(),
+                spec.mem_mib,
+                optval(&ram.path),
+                if ram.share { "on" } else { "off" }
+            ),
+        ]);
+    }
     if spec.sandbox {
         a.extend([s("-sandbox"), s(SANDBOX_OPTS)]);
     }
@@ -242,6 +281,7 @@ mod tests {
             sandbox: false,
             incoming: false,
             tsc_khz: Some(2_596_094),
+            ram: None,
         }
     }
 
@@ -345,6 +385,26 @@ mod tests {
         let mut sp = spec(Arch::X86_64, Accel::Tcg, Boot::Disk);
         sp.incoming = true;
         assert!(has_pair(&build(&sp).unwrap(), "-incoming", "defer"));
+    }
+
+    #[test]
+    fn template_ram_takes_the_name_of_the_machines_own_ram() {
+        let mut sp = spec(Arch::X86_64, Accel::Tcg, kernel_boot());
+        sp.machine = Some("microvm".into());
+        sp.ram = Some(RamFile { path: "/s/ram,1.bin".into(), share: true });
+        let a = build(&sp).unwrap();
+        assert!(has_pair(&a, "-machine", "microvm,memory-backend=microvm.ram"));
+        assert!(has_pair(&a, "-object", "memory-backend-file,id=microvm.ram,size=512M,mem-path=/s/ram,,1.bin,share=on"));
+        sp.machine = Some("pc".into());
+        sp.ram = Some(RamFile { path: "/s/ram.bin".into(), share: false });
+        let a = build(&sp).unwrap();
+        assert!(has_pair(&a, "-machine", "pc,memory-backend=pc.ram"));
+        assert!(has_pair(&a, "-object", "memory-backend-file,id=pc.ram,size=512M,mem-path=/s/ram.bin,share=off"));
+        let mut sp = spec(Arch::Aarch64, Accel::Tcg, Boot::Disk);
+        sp.ram = Some(RamFile { path: "/s/ram.bin".into(), share: false });
+        assert!(has_pair(&build(&sp).unwrap(), "-machine", "virt,memory-backend=mach-virt.ram"));
+        // Plain RAM: no object, the machine as it was.
+        assert!(!build(&spec(Arch::X86_64, Accel::Tcg, Boot::Disk)).unwrap().iter().any(|x| x.contains("memory-backend")));
     }
 
     #[test]

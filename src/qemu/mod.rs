@@ -8,6 +8,7 @@ pub mod ports;
 pub mod process;
 pub mod qmp;
 pub mod seed;
+pub mod template_ram;
 pub mod tsc;
 
 #[derive(Debug, thiserror::Error)]

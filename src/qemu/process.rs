@@ -7,7 +7,8 @@ use std::path::Path;
 use std::process::Stdio;
 use tokio::process::{Child, Command};
 
-pub fn spawn(argv: &[String], log: &Path, run_as: Option<(u32, u32)>) -> Result<Child, QemuError> {
+/// Starts QEMU; `inherit` is an fd QEMU keeps under its number (a template RAM copy).
+pub fn spawn(argv: &[String], log: &Path, run_as: Option<(u32, u32)>, inherit: Option<&std::os::fd::OwnedFd>) -> Result<Child, QemuError> {
     use std::os::unix::fs::OpenOptionsExt;
     let out = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(log).map_err(io_err(format!("opening {}", log.display())))?;
     let err = out.try_clone().map_err(io_err("dup qemu.log"))?;
@@ -17,6 +18,13 @@ pub fn spawn(argv: &[String], log: &Path, run_as: Option<(u32, u32)>) -> Result<
         if nix::unistd::Uid::effective().is_root() {
             // std clears the supplementary groups (setgroups(0)) before setuid when root.
             cmd.uid(uid).gid(gid);
+        }
+    }
+    if let Some(fd) = inherit {
+        let raw = std::os::fd::AsRawFd::as_raw_fd(fd);
+        // SAFETY: fcntl is async-signal-safe; only the child's copy of the fd changes.
+        unsafe {
+            cmd.pre_exec(move || if libc::fcntl(raw, libc::F_SETFD, 0) == -1 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
         }
     }
     cmd.spawn().map_err(|e| {

@@ -68,6 +68,14 @@ impl Qmp {
         self.reply().await.map_err(|e| QemuError::Qmp(format!("{command}: {e}")))
     }
 
+    /// Sets `x-ignore-shared` for the next migration either way: on, a template's saved
+    /// state (and its copies' load) leaves out the RAM its shared file holds; off, a copy's
+    /// own save holds all its RAM (the setting stays on from its load otherwise).
+    pub async fn ignore_shared_ram(&mut self, on: bool) -> Result<(), QemuError> {
+        let caps = json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": on }] });
+        self.call("migrate-set-capabilities", Some(caps)).await.map(|_| ())
+    }
+
     /// Hands `fd` to QEMU under `name` (`getfd`), for an `fd:<name>` migration URI.
     pub async fn send_fd(&mut self, name: &str, fd: BorrowedFd<'_>) -> Result<(), QemuError> {
         use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
