@@ -129,7 +129,7 @@ done
 copy_with_libs() { # copy a binary to the same path inside the rootfs, with its shared libraries
   local bin="$1" dest="${2:-$1}"
   rm -f "$root$dest"; mkdir -p "$(dirname "$root$dest")"; cp -L "$bin" "$root$dest"
-  ldd "$bin" 2>/dev/null | grep -oE '/[^ ]+' | while read -r lib; do
+  { ldd "$bin" 2>/dev/null || true; } | { grep -oE '/[^ ]+' || true; } | while read -r lib; do
     [ -e "$root$lib" ] || { mkdir -p "$(dirname "$root$lib")"; cp -L "$lib" "$root$lib"; }
   done
 }
@@ -138,7 +138,7 @@ copy_with_libs "$(command -v dropbearkey)" /usr/bin/dropbearkey
 copy_with_libs /usr/lib/openssh/sftp-server /usr/lib/openssh/sftp-server
 # reseeding the RNG of a restored clone (sbin/vm-refresh)
 need_cmd cc gcc
-cc -Os -Wall -o "$work/vm-reseed" "$here/tools/vm-reseed.c" || die "could not compile tools/vm-reseed.c"
+cc -Os -Wall -static -o "$work/vm-reseed" "$here/tools/vm-reseed.c" || die "could not compile tools/vm-reseed.c"
 copy_with_libs "$work/vm-reseed" /sbin/vm-reseed
 # growing the root partition and filesystem to the VM's disk (sbin/vm-grow)
 copy_with_libs /sbin/resize2fs /sbin/resize2fs
