@@ -105,16 +105,21 @@ impl Manager {
             let mut running: HashSet<String> = HashSet::new();
             loop {
                 tokio::time::sleep(WATCH_EVERY).await;
-                let Some(live) = weak.upgrade() else { return };
-                if live.exited.borrow().to_owned() {
-                    return;
-                }
-                if me.events.receiver_count() == 0 {
-                    ports = None;
-                    running.clear();
-                    continue;
-                }
-                let Some(guest) = live.guest() else { continue };
+                // Not held across the guest calls below: a QEMU killed meanwhile gives its
+                // port back at once, not when a call to its dead guest times out.
+                let guest = {
+                    let Some(live) = weak.upgrade() else { return };
+                    if live.exited.borrow().to_owned() {
+                        return;
+                    }
+                    if me.events.receiver_count() == 0 {
+                        ports = None;
+                        running.clear();
+                        continue;
+                    }
+                    let Some(guest) = live.guest() else { continue };
+                    guest
+                };
                 if let Ok(now) = crate::guest::ports::listening(&guest).await {
                     let now: BTreeMap<u16, Option<String>> = now.into_iter().map(|p| (p.port, p.process)).collect();
                     if let Some(before) = &ports {
@@ -133,19 +138,23 @@ impl Manager {
                     }
                     ports = Some(now);
                 }
-                running = me.note_ended_jobs(&id, &live, &guest, running).await;
+                running = me.note_ended_jobs(&id, &weak, &guest, running).await;
             }
         });
     }
 
     /// Emits process_exited for the jobs that ended since the last look (those seen running
     /// then, and those started through the service); returns the ones running now.
-    async fn note_ended_jobs(&self, id: &str, live: &Live, guest: &GuestVm, mut watched: HashSet<String>) -> HashSet<String> {
-        watched.extend(lock(&live.jobs).iter().cloned());
+    async fn note_ended_jobs(&self, id: &str, live: &std::sync::Weak<Live>, guest: &GuestVm, mut watched: HashSet<String>) -> HashSet<String> {
+        if let Some(live) = live.upgrade() {
+            watched.extend(lock(&live.jobs).iter().cloned());
+        }
         let Ok(all) = jobs::list(guest).await else { return watched };
         let running = all.iter().filter(|j| j.status == "running").map(|j| j.job_id.clone()).collect();
         for j in all.into_iter().filter(|j| j.status == "exited" && watched.contains(&j.job_id)) {
-            lock(&live.jobs).remove(&j.job_id);
+            if let Some(live) = live.upgrade() {
+                lock(&live.jobs).remove(&j.job_id);
+            }
             let how = match (j.exit_code, &j.signal) {
                 (Some(c), _) => format!("exit code {c}"),
                 (None, Some(s)) => format!("signal {s}"),
