@@ -14,12 +14,15 @@
 #   bash bench/run.sh --machines    cold boot by machine (bench/machines.py): the tiny image as
 #                                   built (microvm + cloud kernel) vs the same sources built
 #                                   for pc + the generic kernel, alternating in one run.
+#   bash bench/run.sh --original    cold boot of a cloud-style image (VM_BENCH_IMAGE=debian):
+#                                   vm-service vs the original's boot pipeline replayed from
+#                                   its specification (bench/original_boot.py), alternating.
 #   bash bench/run.sh --preview     preview figures (bench/preview.py): 1 KiB GET through the
 #                                   preview vs an ssh -L forward, 64 MiB both ways with the
 #                                   service's RSS, 100 concurrent requests.
 set -euo pipefail
 mode=main
-case "${1:-}" in --snapshots) mode=snapshots; shift ;; --preview) mode=preview; shift ;; --machines) mode=machines; shift ;; esac
+case "${1:-}" in --snapshots) mode=snapshots; shift ;; --preview) mode=preview; shift ;; --machines) mode=machines; shift ;; --original) mode=original; shift ;; esac
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/vm-service-target}"
 name="${VM_BENCH_IMAGE:-tiny}"
@@ -91,6 +94,8 @@ if [ "$mode" = preview ]; then
     --app "$CARGO_TARGET_DIR/release/examples/guest_app" --json "$out" "$@"
 elif [ "$mode" = machines ]; then
   python3 "$here/bench/machines.py" --url "http://127.0.0.1:$sport" --token "$token" --base-dir "$work/base" --images "$name-cold,$name-pc-cold" --json "$out" "$@"
+elif [ "$mode" = original ]; then
+  python3 "$here/bench/original_boot.py" --url "http://127.0.0.1:$sport" --token "$token" --image "$name" --image-dir "$image" --json "$out" "$@"
 elif [ "$mode" = snapshots ]; then
   python3 "$here/bench/snapshots.py" --url "http://127.0.0.1:$sport" --token "$token" --base-dir "$work/base" --image "$name" --json "$out" "$@"
 else
