@@ -15,6 +15,15 @@ for B, the original's key layout) and removed afterwards.
 import argparse, base64, hashlib, http.client, json, os, re, socket, statistics, struct, sys, threading, time, urllib.parse, uuid
 
 
+def free_port():
+    """A loopback port free now (a race with other processes remains)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
 class Api:
     def __init__(self, url, token, name):
         u = urllib.parse.urlparse(url)

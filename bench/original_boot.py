@@ -19,19 +19,11 @@ direct kernel boot when the image has a manifest for it). Rounds alternate the t
 import argparse, json, os, shutil, socket, statistics, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import Api  # noqa: E402
+from bench import Api, free_port  # noqa: E402
 
 
 def log(msg):
     print(msg, file=sys.stderr, flush=True)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def seed_iso(work, user, pubkey, vm_id):

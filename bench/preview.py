@@ -14,7 +14,7 @@ bench/run.sh --preview sets all of this up.
 import argparse, http.client, json, os, socket, statistics, subprocess, sys, threading, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import Api, pct, wait_settled  # noqa: E402
+from bench import Api, free_port, pct, wait_settled  # noqa: E402
 
 PORT = 8000
 
@@ -43,14 +43,6 @@ def timed_get(host, port, path, headers=None, conn=None):
     if r.status != 200:
         raise RuntimeError(f"GET {path}: {r.status} {body[:200]!r}")
     return dt, len(body)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def main():
