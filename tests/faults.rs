@@ -142,9 +142,11 @@ async fn full_base_dir() {
 }
 
 /// A pause on a full disk: the save fails, the VM keeps running and the answer says why;
-/// no half-written state is left.
+/// no half-written state is left. A guest write on the full disk then freezes the guest
+/// (QEMU keeps the write): the service says so, and the guest continues with nothing lost
+/// once space is freed.
 #[tokio::test]
-async fn a_pause_that_cannot_be_saved_leaves_the_vm_running() {
+async fn a_full_host_disk_fails_a_pause_and_freezes_the_guest_until_space_is_freed() {
     if !is_root() {
         eprintln!("skipped: mounting a tmpfs needs root");
         return;
@@ -161,16 +163,52 @@ async fn a_pause_that_cannot_be_saved_leaves_the_vm_running() {
     let _ = std::fs::create_dir_all(mnt.join("images"));
     let _ = std::os::unix::fs::symlink(image_dir(), mnt.join("images").join(image_name()));
     let id = s.running_vm().await;
-    s.exec(&id, "echo hello > /root/kept").await;
-    let _ = Command::new("dd").args(["if=/dev/zero", "bs=64k"]).arg(format!("of={}", mnt.join("filler").display())).status();
+    s.exec(&id, "echo hello > /root/kept && sync").await;
+    let ev = s.client.get(s.url(&format!("/vms/{id}/events"))).bearer_auth(TOKEN).send().await.unwrap();
+    let mut events = SseReader::new(ev);
+    let filler = mnt.join("filler");
+    let _ = Command::new("dd").args(["if=/dev/zero", "bs=64k"]).arg(format!("of={}", filler.display())).status();
     let (st, v) = s.post(&format!("/vms/{id}/actions"), json!({"action": "pause"})).await;
     assert_eq!(st, 409, "{v}");
     let detail = v["detail"].as_str().unwrap();
     assert!(detail.contains("keeps running") && detail.to_lowercase().contains("space"), "{v}");
     assert_eq!(s.get(&format!("/vms/{id}")).await.1["state"], "running");
-    assert_eq!(s.exec(&id, "cat /root/kept").await["stdout"], "hello\n", "the VM runs on");
     let left: Vec<String> = std::fs::read_dir(mnt.join("vms").join(&id)).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     assert!(!left.iter().any(|n| n.starts_with("state")), "a half-written state was left: {left:?}");
+
+    // A write the host cannot hold: QEMU stops the guest rather than lose it.
+    let write = "dd if=/dev/urandom of=/root/more bs=1M count=16 2>/dev/null && sync && echo written";
+    let writer = {
+        let (client, url) = (s.client.clone(), s.url(&format!("/vms/{id}/execute-sh")));
+        tokio::spawn(async move { client.post(url).bearer_auth(TOKEN).json(&json!({"command": write, "timeout": 300})).send().await })
+    };
+    let step = |name: &'static str| move |kind: &str, data: &serde_json::Value| kind == "step" && data["step"] == name;
+    let why = wait_event(&mut events, step("disk_full"), &s).await;
+    assert!(why.contains("disk full"), "{why}");
+    // execute-sh answers 200 with ok=false and a reason (the original's shape).
+    let v = s.exec(&id, "true").await;
+    assert!(v["ok"] == false && v["reason"].as_str().unwrap_or("").contains("frozen"), "a frozen guest answers at once: {v}");
+    let (st, v) = s.post(&format!("/vms/{id}/read-file"), json!({"path": "/root/kept"})).await;
+    assert!(st == 409 && v.to_string().contains("frozen"), "{st} {v}");
+
+    std::fs::remove_file(&filler).unwrap();
+    wait_event(&mut events, step("disk_full_cleared"), &s).await;
+    let r = writer.await.unwrap().unwrap().json::<serde_json::Value>().await.unwrap();
+    assert_eq!(r["stdout"], "written\n", "the write held while frozen completes: {r}");
+    let v = s.exec(&id, "cat /root/kept && wc -c < /root/more").await;
+    assert_eq!(v["stdout"], "hello\n16777216\n", "nothing lost: {v}");
+    assert_eq!(s.get(&format!("/vms/{id}")).await.1["state"], "running");
+}
+
+/// The detail of the first event `pick` accepts, within 60 s.
+async fn wait_event(events: &mut SseReader, pick: impl Fn(&str, &serde_json::Value) -> bool, s: &Service) -> String {
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(60), events.next()).await;
+        let (kind, data) = next.unwrap_or_else(|_| panic!("no such event within 60 s\n{}", s.log())).expect("event stream ended");
+        if pick(&kind, &data) {
+            return data["detail"].as_str().unwrap_or("").to_string();
+        }
+    }
 }
 
 struct Unmount(std::path::PathBuf);

@@ -407,6 +407,7 @@ impl Manager {
             seed: f.seed.clone(),
             console_log: f.console.clone(),
             qmp_socket: f.qmp.clone(),
+            events_socket: f.events.clone(),
             pidfile: f.pidfile.clone(),
             ssh_port: port,
             boot: image.boot.clone(),
@@ -443,6 +444,7 @@ impl Manager {
         *lock(&slot.live) = Some(live.clone());
         self.watch_qemu(id, live.clone(), exit, tx);
         self.watch_activity(id, live.clone());
+        self.watch_disk_full(id, &live);
         let guard = LaunchGuard { slot: slot.clone(), live, pidfile: f.pidfile.clone(), committed: false };
         self.emit_step(id, "qemu_started", Some(format!("pid {pid}, accel {}", accel.as_str())));
         let (port, user) = (guard.live.port.port(), self.cfg.ssh_user.clone());

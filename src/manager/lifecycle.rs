@@ -461,6 +461,7 @@ impl Manager {
         *lock(&slot.live) = Some(live.clone());
         self.watch_qemu(&id, live.clone(), exit, tx);
         self.watch_activity(&id, live.clone());
+        self.watch_disk_full(&id, &live);
         let target = Target {
             vm_id: id.clone(),
             port,

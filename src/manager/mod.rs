@@ -7,6 +7,7 @@ pub mod boot;
 pub mod capacity;
 pub mod cluster;
 pub mod console;
+mod disk_full;
 mod events;
 pub mod expiry;
 pub mod forward;
@@ -126,11 +127,13 @@ pub(crate) struct Live {
     pub guest: Mutex<Option<Arc<GuestVm>>>,
     /// Jobs started through this service that have not been seen to end (for process_exited).
     pub jobs: Mutex<std::collections::HashSet<String>>,
+    /// Why QEMU holds the guest stopped (a write found the host's disk full), while it does.
+    pub frozen: Mutex<Option<String>>,
 }
 
 impl Live {
     pub fn new(proc: Proc, port: PortLease, exited: tokio::sync::watch::Receiver<bool>) -> Live {
-        Live { proc, port, exited, stopping: AtomicBool::new(false), guest: Default::default(), jobs: Default::default() }
+        Live { proc, port, exited, stopping: AtomicBool::new(false), guest: Default::default(), jobs: Default::default(), frozen: Default::default() }
     }
 
     pub fn pid(&self) -> i32 {
@@ -201,6 +204,7 @@ pub struct VmFiles {
     pub qemu_log: PathBuf,
     pub pidfile: PathBuf,
     pub qmp: PathBuf,
+    pub events: PathBuf,
 }
 
 impl Manager {
@@ -248,6 +252,7 @@ impl Manager {
             qemu_log: dir.join("qemu.log"),
             pidfile: dir.join("qemu.pid"),
             qmp: dir.join("qmp.sock"),
+            events: dir.join("events.sock"),
             dir,
         }
     }
@@ -297,6 +302,9 @@ impl Manager {
             return Err(ManagerError::NotRunning);
         }
         let slot = self.slot(id);
+        if let Some(why) = slot.live().and_then(|l| lock(&l.frozen).clone()) {
+            return Err(ManagerError::Conflict(format!("VM is frozen: {why}")));
+        }
         if let Some(g) = slot.live().and_then(|l| l.guest()) {
             return Ok(g);
         }

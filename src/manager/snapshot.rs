@@ -185,6 +185,7 @@ impl Manager {
             qemu_log: "/vm/log".into(),
             pidfile: "/vm/pid".into(),
             qmp: "/vm/qmp".into(),
+            events: "/vm/events".into(),
         };
         let mut spec = self.launch_spec((vcpus, mem_mib, false), image, &f, 1, true).await;
         // A boot-time hint that varies by a few kHz between measurements; a restore skips the boot.
@@ -350,6 +351,7 @@ impl Manager {
             qemu_log: build.join("qemu.log"),
             pidfile: build.join("qemu.pid"),
             qmp: build.join("qmp.sock"),
+            events: build.join("events.sock"),
             dir: build.to_path_buf(),
         };
         let (dir, layers) = (f.dir.clone(), self.layers_dir());

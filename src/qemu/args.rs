@@ -50,6 +50,8 @@ pub struct LaunchSpec {
     pub seed: PathBuf,
     pub console_log: PathBuf,
     pub qmp_socket: PathBuf,
+    /// A second QMP monitor, held open by the service to hear QEMU's events.
+    pub events_socket: PathBuf,
     pub pidfile: PathBuf,
     pub ssh_port: u16,
     pub boot: Boot,
@@ -165,6 +167,8 @@ pub fn build(spec: &LaunchSpec) -> Result<Vec<String>, QemuError> {
         s("chardev:con0"),
         s("-qmp"),
         format!("unix:{},server=on,wait=off", optval(&spec.qmp_socket)),
+        s("-qmp"),
+        format!("unix:{},server=on,wait=off", optval(&spec.events_socket)),
         s("-pidfile"),
         p(&spec.pidfile),
     ]);
@@ -270,6 +274,7 @@ mod tests {
             seed: "/w/seed.img".into(),
             console_log: "/w/console.log".into(),
             qmp_socket: "/w/qmp.sock".into(),
+            events_socket: "/w/events.sock".into(),
             pidfile: "/w/qemu.pid".into(),
             ssh_port: 40022,
             boot,
@@ -305,6 +310,7 @@ mod tests {
         assert!(has_pair(&a, "-chardev", "file,id=con0,path=/w/console.log,append=on"));
         assert!(has_pair(&a, "-serial", "chardev:con0"));
         assert!(has_pair(&a, "-qmp", "unix:/w/qmp.sock,server=on,wait=off"));
+        assert!(has_pair(&a, "-qmp", "unix:/w/events.sock,server=on,wait=off"));
         assert!(has_pair(&a, "-pidfile", "/w/qemu.pid"));
         assert!(has_pair(&a, "-netdev", "user,id=n0,hostfwd=tcp:127.0.0.1:40022-:22"));
         assert!(has_pair(&a, "-device", "virtio-net-pci,netdev=n0"));

@@ -1,5 +1,6 @@
 //! A small QMP client: a connection that runs commands one after another (events are
-//! skipped), passes file descriptors (`getfd`, SCM_RIGHTS), and follows a migration.
+//! skipped while a reply is awaited, or read one by one), passes file descriptors
+//! (`getfd`, SCM_RIGHTS), and follows a migration.
 use super::QemuError;
 use serde_json::{json, Value};
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -56,6 +57,18 @@ impl Qmp {
             }
             return Ok(v.get("return").cloned().unwrap_or(Value::Null));
         }
+    }
+
+    /// Waits (without limit) for QEMU's next event; `None` once the connection closed
+    /// (QEMU exited). Command replies on this connection are not expected here and skipped.
+    pub async fn next_event(&mut self) -> Result<Option<Value>, QemuError> {
+        while let Some(line) = self.lines.next_line().await.map_err(err)? {
+            let v: Value = serde_json::from_str(&line).map_err(|e| QemuError::Qmp(format!("bad event {line:?}: {e}")))?;
+            if v.get("event").is_some() {
+                return Ok(Some(v));
+            }
+        }
+        Ok(None)
     }
 
     /// Runs one command and returns its `return` value.
