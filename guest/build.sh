@@ -158,17 +158,18 @@ for lib in /lib/x86_64-linux-gnu/libnss_files.so.2; do [ -e "$lib" ] && cp -L "$
 
 # static configuration, init scripts and the seed reader
 cp -a "$here/rootfs/." "$root/"
-chmod 755 "$root/etc/init.d/rcS" "$root/etc/udhcpc.script" "$root/etc/acpi/PWRF/00000080" "$root/sbin/vm-seed" "$root/sbin/sshd-loop" "$root/sbin/vm-refresh" "$root/sbin/vm-grow"
+chmod 755 "$root/etc/init.d/rcS" "$root/etc/udhcpc.script" "$root/etc/acpi/PWRF/00000080" "$root/sbin/vm-seed" "$root/sbin/sshd-loop" "$root/sbin/vm-refresh" "$root/sbin/vm-grow" "$root/sbin/vm-agent" "$root/sbin/vm-runner"
 chmod 600 "$root/etc/shadow"
 
 # modules the running system loads after switch_root (power button for ACPI shutdown; the
-# balloon's free page reporting, which hands memory the guest freed back to the host)
+# balloon's free page reporting, which hands memory the guest freed back to the host; the
+# virtio-serial ports of the agent)
 mods="$root/lib/modules/extra"; mkdir -p "$mods"
 copy_mod() {
   local f; f="$(modfile "$1")"; [ -n "$f" ] || die "kernel module $1 not found under $moddir"
   case "$f" in *.xz) xz -dc "$f" > "$2/$1.ko" ;; *) cp "$f" "$2/$1.ko" ;; esac
 }
-for m in button evdev virtio_balloon; do copy_mod "$m" "$mods"; done
+for m in button evdev virtio_balloon virtio_console; do copy_mod "$m" "$mods"; done
 python3 "$here/unsign-modules.py" "$mods"/*.ko
 fi # tiny root filesystem
 
@@ -247,7 +248,7 @@ cat > "$out/manifest.json.tmp" <<EOF
   "machine": "$machine",
   "cpu": "qemu64,+rdrand",
 $(if [ "$profile" = tiny ]; then
-    printf '  "ready_marker": "tiny-guest: rcS done",\n  "refresh": "/sbin/vm-refresh",\n  "seed_host_key": true,'
+    printf '  "ready_marker": "tiny-guest: rcS done",\n  "refresh": "/sbin/vm-refresh",\n  "seed_host_key": true,\n  "agent": true,'
   else
     printf '  "ready_marker": "debian-guest: ready",\n  "refresh": "/usr/local/sbin/vm-refresh",\n  "host_key_format": "openssh",'
   fi)

@@ -550,11 +550,29 @@ async fn a_path_that_looks_like_an_option_is_a_path() {
 }
 
 /// Bytes a command writes straight to the runner's own stdout (not to its output file)
-/// are capped like the rest: the service keeps at most the cap in memory.
+/// are capped like the rest: the service keeps at most the cap in memory. (The guest
+/// agent's port cannot be opened a second time, so the command is sent while the agent is
+/// busy: it runs on an SSH runner.)
 #[tokio::test]
 async fn output_written_around_the_runner_is_capped() {
     let (s, id) = one_vm().await;
     let pid = s.child.as_ref().unwrap().id() as i32;
+    let busy = {
+        let (client, url) = (s.client.clone(), s.url(&format!("/vms/{id}/execute-sh")));
+        let cmd = "readlink /proc/$$/fd/0 > /tmp/busy.tmp && mv /tmp/busy.tmp /tmp/busy; sleep 20";
+        tokio::spawn(async move { client.post(url).bearer_auth(TOKEN).json(&json!({"command": cmd})).send().await })
+    };
+    // Polled over SFTP: a command now would take the agent first.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let runner_input = loop {
+        let (st, v) = s.post(&format!("/vms/{id}/read-file"), json!({"path": "/tmp/busy"})).await;
+        if st == 200 {
+            break v.to_string();
+        }
+        assert!(Instant::now() < deadline, "the first command never started: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(runner_input.contains("/dev/vport"), "the first command ran on the guest agent: {runner_input}");
     let before = peak_rss(pid);
     let (_, v) = s.post(&format!("/vms/{id}/execute-sh"), json!({"command": "yes | head -c 60000000 > /proc/$$/fd/1; echo done", "timeout": 600})).await;
     let grew = peak_rss(pid) - before;
@@ -562,6 +580,7 @@ async fn output_written_around_the_runner_is_capped() {
     assert!(v["stdout"].as_str().unwrap().len() <= 4 * 1024 * 1024);
     assert!(grew < 40 * 1024, "60 MB written around the runner grew the service's peak RSS by {grew} KiB");
     assert_eq!(s.exec(&id, "echo still").await["stdout"], "still\n", "the runner is usable afterwards");
+    let _ = busy.await;
 }
 
 /// A search for everything stops at the hit limit, says it was cut short, and does not

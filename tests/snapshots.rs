@@ -67,6 +67,16 @@ async fn clones_of_a_warm_snapshot_are_vms_of_their_own() {
     }
     assert_ne!(ia[3], ib[3], "two clones drew the same random bytes");
     assert_ne!(ia[4], ib[4], "two clones share an SSH host key");
+    for id in [&a, &b] {
+        // Commands reach a copy through the agent saved with it; SSH (here SFTP) connects
+        // later, to the copy's own identity and key.
+        if image_has_agent() {
+            let v = s.exec(id, "readlink /proc/$$/fd/0").await;
+            assert!(v["stdout"].as_str().unwrap_or("").starts_with("/dev/vport"), "{v}");
+        }
+        let (st, v) = s.post(&format!("/vms/{id}/read-file"), json!({"path": "/etc/vm-id"})).await;
+        assert!(st == 200 && v.to_string().contains(id.as_str()), "{st} {v}");
+    }
     // A clone asked for a larger disk grows into it.
     let (st, big) = s.post("/vms?wait=true", json!({"vcpus": 1, "mem_mib": 256, "disk_gib": 9})).await;
     assert_eq!((st.as_u16(), big["booted_from"].as_str()), (201, Some("snapshot")), "{big}");
@@ -89,6 +99,10 @@ async fn clones_of_a_warm_snapshot_are_vms_of_their_own() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         assert_eq!(s.exec(id, "cat /etc/vm-id").await["stdout"], format!("{id}\n"));
+        if image_has_agent() {
+            let v = s.exec(id, "readlink /proc/$$/fd/0").await;
+            assert!(v["stdout"].as_str().unwrap_or("").starts_with("/dev/vport"), "an adopted VM's agent is reconnected: {v}");
+        }
     }
     for id in [&a, &b] {
         assert_eq!(s.call(Method::DELETE, &format!("/vms/{id}"), None).await.0, 200);

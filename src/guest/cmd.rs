@@ -228,33 +228,14 @@ pub fn tar_gz_of(root: &str) -> Script {
     Script::new("exec tar -C @@ -czf - .", &[Word::path(root)])
 }
 
-/// A long-lived command runner (see runner.rs): reads `tok len cap\n` + `len` bytes of
-/// script per command from stdin, runs each in a fresh subshell with its output in private
-/// files of its own (removed afterwards, so a background process it leaves cannot write
-/// into the next command's output), and answers with marker-framed output. Exits 97
+/// The command runner's loop (bash; the protocol is in runner.rs). Tiny guest images also
+/// hold this file, as /sbin/vm-runner, for their agent.
+pub const RUNNER_LOOP: &str = include_str!("../../guest/rootfs/sbin/vm-runner");
+
+/// A long-lived command runner started over SSH: [`RUNNER_LOOP`] under bash. Exits 97
 /// without bash.
 pub fn runner() -> Script {
-    Script::new(
-        r#"command -v bash >/dev/null 2>&1 || exit 97
-exec bash -c '
-um=$(umask); umask 077
-d=/tmp/.vmsvc-run.$$
-trap "rm -f \"\$d\".*" EXIT
-printf "\036R\036"
-while IFS=" " read -r tok len cap; do
-  IFS= LC_ALL=C read -r -N "$len" cmd || [ "$len" = 0 ] || break
-  o="$d.$tok.o"; e="$d.$tok.e"
-  ( umask "$um"; cd ~ 2>/dev/null; eval "$cmd" ) </dev/null >"$o" 2>"$e" &
-  pid=$!
-  printf "\036P%s %s\036" "$tok" "$pid"
-  wait "$pid"; rc=$?
-  head -c "$cap" "$o"; printf "\036E%s %s\036" "$tok" "$rc"
-  head -c "$cap" "$e" >&2; printf "\036E%s\036" "$tok" >&2
-  rm -f "$o" "$e"
-done'
-"#,
-        &[],
-    )
+    Script::new("command -v bash >/dev/null 2>&1 || exit 97\nexec bash -c @@", &[Word::arg(RUNNER_LOOP)])
 }
 
 /// Writes the guest's dirty pages to its disk.

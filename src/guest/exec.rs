@@ -53,7 +53,11 @@ pub async fn run_plain<O: Opener>(opener: &O, script: &Script, timeout: Duration
 
 /// Runs a service-internal command whose failure is an error.
 pub async fn run_checked<O: Opener>(opener: &O, runners: &Runners, script: &Script, timeout: Duration) -> Result<Vec<u8>, GuestError> {
-    let out = run(opener, runners, script, timeout, OUTPUT_CAP).await?;
+    checked(run(opener, runners, script, timeout, OUTPUT_CAP).await?, timeout)
+}
+
+/// A service-internal command's stdout, or the error its timeout or exit code makes.
+pub fn checked(out: Output, timeout: Duration) -> Result<Vec<u8>, GuestError> {
     if out.timed_out {
         return Err(GuestError::Ssh(format!("command timed out after {} s", timeout.as_secs())));
     }

@@ -1,9 +1,10 @@
-//! Guest access over SSH/SFTP. Layers, arrows one way:
+//! Guest access over SSH/SFTP and the guest agent. Layers, arrows one way:
 //! `cmd` (shell text) and `reader` (capped output) → `channel` (leases, the one exec) →
 //! `pool` (connections, identity, tunnels) → `kill`, `runner`, `sftp`, `exec`, `stream`,
-//! `pty`, `search`, `tunnel` → `vm` (one guest: pool + runners + SFTP) → `files`, `jobs`,
+//! `pty`, `search`, `tunnel`, `agent` → `vm` (one guest: pool + agent + runners + SFTP) → `files`, `jobs`,
 //! `ports`.
 //! Everything async; a slow guest holds only its own channels.
+pub mod agent;
 pub mod channel;
 pub mod cmd;
 pub mod exec;

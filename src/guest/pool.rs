@@ -148,6 +148,11 @@ impl Pool {
         Ok(Pool { target: Mutex::new(target), conns: tokio::sync::Mutex::new(vec![Arc::new(conn)]) })
     }
 
+    /// A pool with no connection yet: the first use dials.
+    pub fn lazy(target: Target) -> Pool {
+        Pool { target: Mutex::new(target), conns: tokio::sync::Mutex::new(Vec::new()) }
+    }
+
     fn target(&self) -> Target {
         self.target.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }

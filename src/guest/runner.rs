@@ -14,7 +14,7 @@
 //! at most `cap` bytes per stream are kept.
 use super::channel::{self, await_replies, Lease, Opener};
 use super::cmd::{self, Script};
-use super::reader::{Caps, Event, Output, Reader};
+use super::reader::{Caps, Event, Output, Reader, Source};
 use super::GuestError;
 use russh::client::Msg;
 use russh::Channel;
@@ -170,12 +170,31 @@ pub async fn run<O: Opener>(opener: &O, runners: &Runners, script: &Script, time
             }
         },
     };
-    let tok = uuid::Uuid::new_v4().simple().to_string();
-    let mut req = format!("{tok} {} {}\n", script.len(), cap + 1).into_bytes();
-    req.extend_from_slice(script.as_str().as_bytes());
+    let (tok, req) = request(script, cap);
     if let Err(e) = runner.channel.data_bytes(req).await {
         return RunOutcome::NotStarted(e.into());
     }
+    // Dropping `runner` unless the exchange ended well closes its channel (the guest side
+    // exits on EOF): a runner is only put back after a complete, well-framed exchange.
+    let (outcome, clean) = exchange(&mut runner.channel, opener, &tok, timeout, cap).await;
+    if clean {
+        runners.idle.lock().await.push(runner);
+    }
+    outcome
+}
+
+/// A command for a runner: its token and the bytes that carry it.
+pub(super) fn request(script: &Script, cap: usize) -> (String, Vec<u8>) {
+    let tok = uuid::Uuid::new_v4().simple().to_string();
+    let mut req = format!("{tok} {} {}\n", script.len(), cap + 1).into_bytes();
+    req.extend_from_slice(script.as_str().as_bytes());
+    (tok, req)
+}
+
+/// Reads a runner's answer to the command `tok` (already sent) from `src`; on the deadline
+/// kills the command's process tree over `opener`. True with the outcome when the exchange
+/// ended well-framed (the runner can take the next command).
+pub(super) async fn exchange<S: Source, O: Opener>(src: &mut S, opener: &O, tok: &str, timeout: Duration, cap: usize) -> (RunOutcome, bool) {
     let mut started = Scan::new(format!("\x1eP{tok} "));
     let mut out_end = Scan::new(format!("\x1eE{tok} "));
     let mut err_end = Scan::new(format!("\x1eE{tok}"));
@@ -183,9 +202,7 @@ pub async fn run<O: Opener>(opener: &O, runners: &Runners, script: &Script, time
     let (mut pid, mut rc, mut err_done): (Option<u32>, Option<Vec<u8>>, bool) = (None, None, false);
     let deadline = tokio::time::Instant::now() + timeout;
     let mut killed = false;
-    // Returning early drops `runner` (its channel closes; the guest side exits on EOF):
-    // a runner is only put back after a complete, well-framed exchange.
-    let mut r = Reader::new(&mut runner.channel, Caps::UNLIMITED, Some(deadline));
+    let mut r = Reader::new(src, Caps::UNLIMITED, Some(deadline));
     while rc.is_none() || !err_done {
         match r.next().await {
             Event::Stdout(d) => {
@@ -211,21 +228,22 @@ pub async fn run<O: Opener>(opener: &O, runners: &Runners, script: &Script, time
                 }
             }
             Event::Exit(_) | Event::Signal(_) | Event::Refused | Event::Closed => {
-                return match pid {
+                let outcome = match pid {
                     None => RunOutcome::NotStarted(GuestError::Ssh("the runner closed before the command started".into())),
                     Some(_) if killed => RunOutcome::Ran(partial(so, se, true)),
                     Some(_) => RunOutcome::Lost(GuestError::Ssh(
-                        "the guest's SSH connection closed while the command ran (VM stopped or rebooted?); its outcome is unknown".into(),
+                        "the connection to the guest closed while the command ran (VM stopped or rebooted?); its outcome is unknown".into(),
                     )),
                 };
+                return (outcome, false);
             }
             Event::Deadline if !killed => {
-                let Some(p) = pid else { return RunOutcome::NotStarted(GuestError::Ssh("the runner did not start the command in time".into())) };
+                let Some(p) = pid else { return (RunOutcome::NotStarted(GuestError::Ssh("the runner did not start the command in time".into())), false) };
                 killed = true;
                 r.set_deadline(Some(deadline + Duration::from_secs(5)));
                 super::kill::tree(opener, p).await;
             }
-            Event::Deadline => return RunOutcome::Ran(partial(so, se, true)),
+            Event::Deadline => return (RunOutcome::Ran(partial(so, se, true)), false),
         }
     }
     let code = rc.as_deref().and_then(|t| std::str::from_utf8(t).ok()).and_then(|t| t.trim().parse::<i32>().ok());
@@ -234,8 +252,7 @@ pub async fn run<O: Opener>(opener: &O, runners: &Runners, script: &Script, time
         out.exit_code = None;
         out.signal = Some("KILL".into());
     }
-    runners.idle.lock().await.push(runner);
-    RunOutcome::Ran(out)
+    (RunOutcome::Ran(out), true)
 }
 
 fn partial(so: Capped, se: Capped, timed_out: bool) -> Output {

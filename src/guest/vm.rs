@@ -1,10 +1,11 @@
 //! One guest as the service reaches it: its SSH pool, command runners and SFTP session.
 //! The file, search and archive modules build on this; the manager holds one per VM.
+use super::agent::Agent;
 use super::cmd::Script;
 use super::exec;
 use super::pool::{Pool, Target};
 use super::reader::Output;
-use super::runner::Runners;
+use super::runner::{RunOutcome, Runners};
 use super::sftp::{self, SftpCache};
 use super::GuestError;
 use russh_sftp::client::SftpSession;
@@ -14,18 +15,24 @@ use std::time::Duration;
 pub struct GuestVm {
     pub(super) pool: Arc<Pool>,
     pub(super) runners: Runners,
+    agent: Option<Agent>,
     sftp: SftpCache,
 }
 
 impl GuestVm {
-    pub fn new(pool: Pool) -> GuestVm {
-        GuestVm { pool: Arc::new(pool), runners: Runners::default(), sftp: SftpCache::default() }
+    pub fn new(pool: Pool, agent: Option<Agent>) -> GuestVm {
+        GuestVm { pool: Arc::new(pool), runners: Runners::default(), agent, sftp: SftpCache::default() }
+    }
+
+    /// A guest reached through its agent first; SSH connections are dialled when needed.
+    pub fn over_agent(target: Target, agent: Agent) -> GuestVm {
+        GuestVm::new(Pool::lazy(target), Some(agent))
     }
 
     /// Waits until the guest behind `target` answers over SSH (banner, key auth and the
     /// identity check), reusing `probe` (a connection that already saw the banner).
     pub async fn connect_over(target: Target, probe: Option<(tokio::net::TcpStream, Vec<u8>)>, timeout: Duration) -> Result<GuestVm, GuestError> {
-        Ok(GuestVm::new(Pool::connect_over(target, probe, timeout).await?))
+        Ok(GuestVm::new(Pool::connect_over(target, probe, timeout).await?, None))
     }
 
     pub fn host_key(&self) -> Option<String> {
@@ -42,14 +49,41 @@ impl GuestVm {
         (self.pool.connection_count().await, self.pool.open_channels().await)
     }
 
-    /// Runs `script` (a runner when possible), keeping at most `cap` bytes per stream.
+    /// Runs `script` (the agent when it is free, else an SSH runner when possible), keeping
+    /// at most `cap` bytes per stream.
     pub async fn run(&self, script: &Script, timeout: Duration, cap: usize) -> Result<Output, GuestError> {
+        if let Some(agent) = &self.agent {
+            match agent.try_run(&*self.pool, script, timeout, cap).await {
+                Some(RunOutcome::Ran(out)) => return Ok(out),
+                Some(RunOutcome::NotStarted(e @ GuestError::BadPath(_)) | RunOutcome::Lost(e)) => return Err(e),
+                Some(RunOutcome::NotStarted(e)) => tracing::debug!(error = %e, "guest agent did not take the command; SSH"),
+                None => {}
+            }
+        }
         exec::run(&*self.pool, &self.runners, script, timeout, cap).await
     }
 
     /// Runs a service-internal command whose failure is an error; its stdout.
     pub async fn run_checked(&self, script: &Script, timeout: Duration) -> Result<Vec<u8>, GuestError> {
-        exec::run_checked(&*self.pool, &self.runners, script, timeout).await
+        exec::checked(self.run(script, timeout, exec::OUTPUT_CAP).await?, timeout)
+    }
+
+    /// As [`GuestVm::run_checked`], on the agent only (waiting for it when busy): Err when
+    /// the guest has no agent or it did not answer.
+    pub async fn run_on_agent(&self, script: &Script, timeout: Duration) -> Result<Vec<u8>, GuestError> {
+        let agent = self.agent.as_ref().ok_or_else(|| GuestError::Connect("no guest agent".into()))?;
+        exec::checked(agent.run(&*self.pool, script, timeout, exec::OUTPUT_CAP).await?, timeout)
+    }
+
+    /// Whether commands can go through the guest agent.
+    pub fn has_agent(&self) -> bool {
+        self.agent.as_ref().is_some_and(|a| a.usable())
+    }
+
+    /// This guest, reached through `agent` too (see [`GuestVm::run`]).
+    pub fn with_agent(mut self, agent: Option<Agent>) -> GuestVm {
+        self.agent = agent;
+        self
     }
 
     /// Starts `script` with its output streamed; dropping the receiver kills it.

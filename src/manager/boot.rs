@@ -7,6 +7,7 @@
 //! from a warm snapshot or a fork (then given its own identity inside the guest), or
 //! resumed after a pause (then only its clock is stepped).
 use super::{lock, Live, Manager, ManagerError, Result, Slot, VmFiles};
+use crate::guest::agent::Agent;
 use crate::guest::pool::Target;
 use crate::guest::{GuestError, GuestVm};
 use crate::model::{now, VmRecord, VmState};
@@ -55,6 +56,22 @@ pub(crate) async fn reconnect(target: Target, limit: Duration) -> std::result::R
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Err(last)
+}
+
+/// Connects to the guest agent's sockets of the QEMU `live` just started (None, logged,
+/// when they do not appear: commands then go over SSH).
+pub(crate) async fn connect_agent(id: &str, f: &VmFiles, live: &Live) -> Option<Agent> {
+    let mut exited = live.exited.clone();
+    tokio::select! {
+        r = Agent::connect(&f.agent, &f.agent_err, Duration::from_secs(5)) => match r {
+            Ok(a) => Some(a),
+            Err(e) => {
+                tracing::warn!(vm_id = %id, error = %e, "no guest agent; commands go over SSH");
+                None
+            }
+        },
+        _ = exited.wait_for(|e| *e) => None,
+    }
 }
 
 /// Owns a launched QEMU until the boot commits: dropped before that, it kills QEMU and
@@ -142,6 +159,8 @@ pub(crate) struct Restore {
     pub ram: Option<Arc<std::os::fd::OwnedFd>>,
     /// "snapshot" or "fork" (VMOut.booted_from).
     pub kind: &'static str,
+    /// The saved guest's agent was running and connected: the copy is reached through it.
+    pub agent: bool,
     /// Runs when the last VM restored from this is up (a fork's state file is removed).
     pub on_done: Option<Box<dyn Fn() + Send + Sync>>,
 }
@@ -253,20 +272,27 @@ impl Manager {
                 Start::Restore(r) => {
                     let target = self.target(&r.from_id, guard.live.port.port(), Some(r.host_key.clone()));
                     match self.load_state(&f, &r.state, r.ram.is_some(), rec.disk_gib).await {
-                        Ok(()) => self.wait_ready(id, target, None, &f, &guard, cancel, started).await,
+                        Ok(()) => match self.ready_over_agent(id, r.agent, &target, &guard, started).await {
+                            Some(ready) => Ok(ready),
+                            None => self.wait_ready(id, target, None, &f, &guard, cancel, started).await,
+                        },
                         Err(e) => Err(NotReady::Failed(e)),
                     }
                 }
                 Start::Resume => {
                     let target = self.target(id, guard.live.port.port(), rec.host_key.clone());
                     match self.load_state(&f, &self.paused_state(id), false, 0).await {
-                        Ok(()) => self.wait_ready(id, target, None, &f, &guard, cancel, started).await,
+                        Ok(()) => match self.ready_over_agent(id, image.agent, &target, &guard, started).await {
+                            Some(ready) => Ok(ready),
+                            None => self.wait_ready(id, target, None, &f, &guard, cancel, started).await,
+                        },
                         Err(e) => Err(NotReady::Failed(e)),
                     }
                 }
             };
             match ready {
                 Ok((guest, timings)) => {
+                    let guest = self.attach_agent(id, guest, &guard.live).await;
                     self.after_restore(id, &guest, start).await?;
                     return self.commit(id, guard, guest, started, spawned_at, timings, start.booted_from()).await;
                 }
@@ -408,6 +434,7 @@ impl Manager {
             console_log: f.console.clone(),
             qmp_socket: f.qmp.clone(),
             events_socket: f.events.clone(),
+            agent_sockets: image.agent.then(|| (f.agent.clone(), f.agent_err.clone())),
             pidfile: f.pidfile.clone(),
             ssh_port: port,
             boot: image.boot.clone(),
@@ -447,6 +474,10 @@ impl Manager {
         self.watch_disk_full(id, &live);
         let guard = LaunchGuard { slot: slot.clone(), live, pidfile: f.pidfile.clone(), committed: false };
         self.emit_step(id, "qemu_started", Some(format!("pid {pid}, accel {}", accel.as_str())));
+        if image.agent {
+            // Before a restored guest runs: its agent must find the service there.
+            *lock(&guard.live.agent) = connect_agent(id, f, &guard.live).await;
+        }
         let (port, user) = (guard.live.port.port(), self.cfg.ssh_user.clone());
         self.catalog
             .update(
@@ -458,6 +489,35 @@ impl Manager {
             )
             .await?;
         Ok(guard)
+    }
+
+    /// A guest reached over SSH gets the agent connected at its launch, once that answers
+    /// (a guest whose agent does not is used over SSH only).
+    pub(crate) async fn attach_agent(&self, id: &str, guest: GuestVm, live: &Live) -> GuestVm {
+        let Some(agent) = live.take_agent() else { return guest };
+        let guest = guest.with_agent(Some(agent));
+        if let Err(e) = guest.run_on_agent(&crate::guest::cmd::ok(), AGENT_PROBE).await {
+            tracing::warn!(vm_id = %id, error = %e, "the guest agent did not answer; commands go over SSH");
+        }
+        guest
+    }
+
+    /// A restored guest whose agent was saved with it (`saved_agent`) answers through it as
+    /// soon as it runs: no SSH handshake before the VM is up (SSH connects when first
+    /// needed). None when there is no agent or it did not answer (SSH is waited for then).
+    async fn ready_over_agent(&self, id: &str, saved_agent: bool, target: &Target, guard: &LaunchGuard, started: Instant) -> Option<(GuestVm, Timings)> {
+        let agent = guard.live.take_agent()?;
+        if !saved_agent {
+            return None;
+        }
+        let guest = GuestVm::over_agent(target.clone(), agent);
+        match guest.run_on_agent(&crate::guest::cmd::ok(), AGENT_PROBE).await {
+            Ok(_) => Some((guest, Timings { agent: Some(started.elapsed()), ..Default::default() })),
+            Err(e) => {
+                tracing::warn!(vm_id = %id, error = %e, "the restored guest's agent did not answer; waiting for SSH");
+                None
+            }
+        }
     }
 
     /// Waits for the guest's ready marker, then its SSH banner, then a full SSH session
@@ -567,18 +627,24 @@ impl Manager {
             )
             .await?;
         guard.committed = true;
-        self.emit_step(
-            id,
-            "ssh_ready",
-            Some(format!(
+        let detail = match t.agent {
+            Some(agent) => format!(
+                "{:.2} s after boot start (QEMU started at {}, guest agent answered at {}, identity refreshed at {}; SSH connects when first needed)",
+                started.elapsed().as_secs_f64(),
+                ms(Some(spawned_at)),
+                ms(Some(agent)),
+                ms(Some(started.elapsed()))
+            ),
+            None => format!(
                 "{:.2} s after boot start (QEMU started at {}, guest ready marker at {}, SSH banner at {}, session + identity check done at {})",
                 started.elapsed().as_secs_f64(),
                 ms(Some(spawned_at)),
                 ms(t.marker),
                 ms(t.banner),
                 ms(Some(started.elapsed()))
-            )),
-        );
+            ),
+        };
+        self.emit_step(id, "ssh_ready", Some(detail));
         match booted_from {
             "cold" => self.stats.observe_boot(started.elapsed().as_secs_f64()),
             "resume" => self.stats.observe_resume(started.elapsed().as_secs_f64()),
@@ -671,7 +737,13 @@ fn new_host_key(openssh: bool) -> Result<(String, String)> {
 struct Timings {
     marker: Option<Duration>,
     banner: Option<Duration>,
+    /// The guest agent answered (a restore reached through it; no SSH yet).
+    agent: Option<Duration>,
 }
+
+/// How long a restored guest's agent has to answer before SSH is waited for instead
+/// (it answers in ~0.15 s under TCG).
+const AGENT_PROBE: Duration = Duration::from_secs(3);
 
 /// Runs blocking file work off the async runtime.
 pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {

@@ -479,7 +479,7 @@ impl Manager {
             20
         };
         let (guard, cancel) = self.try_boot_op(&slot, "adopt")?;
-        let me = self.clone();
+        let (me, rec2) = (self.clone(), rec.clone());
         let span = tracing::info_span!("vm.adopt", vm_id = %id);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
@@ -492,6 +492,10 @@ impl Manager {
                 match outcome {
                     None => {} // a stop/delete took over
                     Some(Ok(guest)) => {
+                        if me.image_of(&rec2).is_ok_and(|i| i.agent) {
+                            *lock(&live.agent) = super::boot::connect_agent(&id, &me.files(&id), &live).await;
+                        }
+                        let guest = me.attach_agent(&id, guest, &live).await;
                         let host_key = guest.host_key();
                         *lock(&live.guest) = Some(Arc::new(guest));
                         let stored = me

@@ -129,11 +129,22 @@ pub(crate) struct Live {
     pub jobs: Mutex<std::collections::HashSet<String>>,
     /// Why QEMU holds the guest stopped (a write found the host's disk full), while it does.
     pub frozen: Mutex<Option<String>>,
+    /// The guest agent's connection, from the launch until the guest is reached.
+    pub agent: Mutex<Option<crate::guest::agent::Agent>>,
 }
 
 impl Live {
     pub fn new(proc: Proc, port: PortLease, exited: tokio::sync::watch::Receiver<bool>) -> Live {
-        Live { proc, port, exited, stopping: AtomicBool::new(false), guest: Default::default(), jobs: Default::default(), frozen: Default::default() }
+        Live {
+            proc,
+            port,
+            exited,
+            stopping: AtomicBool::new(false),
+            guest: Default::default(),
+            jobs: Default::default(),
+            frozen: Default::default(),
+            agent: Default::default(),
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -142,6 +153,10 @@ impl Live {
 
     pub fn guest(&self) -> Option<Arc<GuestVm>> {
         lock(&self.guest).clone()
+    }
+
+    pub fn take_agent(&self) -> Option<crate::guest::agent::Agent> {
+        lock(&self.agent).take()
     }
 }
 
@@ -205,6 +220,8 @@ pub struct VmFiles {
     pub pidfile: PathBuf,
     pub qmp: PathBuf,
     pub events: PathBuf,
+    pub agent: PathBuf,
+    pub agent_err: PathBuf,
 }
 
 impl Manager {
@@ -253,6 +270,8 @@ impl Manager {
             pidfile: dir.join("qemu.pid"),
             qmp: dir.join("qmp.sock"),
             events: dir.join("events.sock"),
+            agent: dir.join("agent.sock"),
+            agent_err: dir.join("agent-err.sock"),
             dir,
         }
     }

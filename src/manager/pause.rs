@@ -150,6 +150,7 @@ impl Manager {
             host_key,
             ram: None,
             kind: "fork",
+            agent: guest.has_agent(),
             on_done: Some(Box::new(move || {
                 let _ = std::fs::remove_file(&remove);
             })),

@@ -33,6 +33,9 @@ pub struct SnapshotMeta {
     /// The guest RAM is in the snapshot's `ram.bin` (VM_SNAPSHOT_RAM=template), not in the state.
     #[serde(default)]
     pub template_ram: bool,
+    /// The template's guest agent answered before the save: copies are reached through it.
+    #[serde(default)]
+    pub agent: bool,
     /// QEMU version, image identity and the command line's shape it was made with.
     pub fits: String,
     pub created_at: f64,
@@ -186,6 +189,8 @@ impl Manager {
             pidfile: "/vm/pid".into(),
             qmp: "/vm/qmp".into(),
             events: "/vm/events".into(),
+            agent: "/vm/agent".into(),
+            agent_err: "/vm/agent-err".into(),
         };
         let mut spec = self.launch_spec((vcpus, mem_mib, false), image, &f, 1, true).await;
         // A boot-time hint that varies by a few kHz between measurements; a restore skips the boot.
@@ -244,6 +249,7 @@ impl Manager {
             from_id: meta.template_id.clone(),
             host_key: meta.host_key.clone(),
             kind: "snapshot",
+            agent: meta.agent,
             on_done: None,
         })))
     }
@@ -352,6 +358,8 @@ impl Manager {
             pidfile: build.join("qemu.pid"),
             qmp: build.join("qmp.sock"),
             events: build.join("events.sock"),
+            agent: build.join("agent.sock"),
+            agent_err: build.join("agent-err.sock"),
             dir: build.to_path_buf(),
         };
         let (dir, layers) = (f.dir.clone(), self.layers_dir());
@@ -393,6 +401,11 @@ impl Manager {
         guest.run_checked(&crate::guest::cmd::settle(), Duration::from_secs(300)).await?;
         let host_key = guest.host_key().ok_or_else(|| ManagerError::Internal("the template guest's host key was not seen".into()))?;
         guest.close().await;
+        // Saved waiting for its next command, the agent's runner answers each copy at once.
+        let agent = match image.agent {
+            true => self.template_agent(&f, &template_id).await,
+            false => None,
+        };
         let t_save = Instant::now();
         let state = build.join("state.bin");
         let state_bytes = self.save_state(&f.qmp, &state, ram.is_some()).await?;
@@ -400,6 +413,7 @@ impl Manager {
         let _ = q.call("quit", None).await;
         let _ = tokio::time::timeout(Duration::from_secs(10), exited).await;
         drop(stop);
+        let agent = agent.is_some();
         let save_s = t_save.elapsed().as_secs_f64();
         // The disk becomes a frozen layer: VMs restored from this snapshot stack on it.
         let layer = self.layers_dir().join(format!("{}.qcow2", uuid::Uuid::new_v4().simple()));
@@ -413,6 +427,7 @@ impl Manager {
             layer,
             state_bytes,
             template_ram: ram.is_some(),
+            agent,
             fits: self.fits(image, vcpus, mem_mib).await,
             created_at: now(),
             boot_s,
@@ -420,7 +435,7 @@ impl Manager {
         };
         let (build, fin, text) = (build.to_path_buf(), self.snapshot_dir(image_name, vcpus, mem_mib), serde_json::to_vec_pretty(&meta).unwrap_or_default());
         blocking(move || {
-            for stale in ["seed.img", "console.log", "qemu.log", "qemu.pid", "qmp.sock"] {
+            for stale in ["seed.img", "console.log", "qemu.log", "qemu.pid", "qmp.sock", "events.sock", "agent.sock", "agent-err.sock"] {
                 let _ = std::fs::remove_file(build.join(stale));
             }
             // Back to the service's own user: no QEMU may change what later copies start from.
@@ -441,6 +456,26 @@ impl Manager {
         })
         .await?;
         Ok(meta)
+    }
+
+    /// The template guest reached through its agent, once that answered (None, logged,
+    /// when it did not: copies then wait for SSH).
+    async fn template_agent(&self, f: &VmFiles, template_id: &str) -> Option<GuestVm> {
+        let agent = match crate::guest::agent::Agent::connect(&f.agent, &f.agent_err, Duration::from_secs(5)).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "the template has no guest agent");
+                return None;
+            }
+        };
+        let guest = GuestVm::over_agent(self.target(template_id, 0, None), agent);
+        match guest.run_on_agent(&crate::guest::cmd::ok(), Duration::from_secs(30)).await {
+            Ok(_) => Some(guest),
+            Err(e) => {
+                tracing::warn!(error = %e, "the template's guest agent did not answer");
+                None
+            }
+        }
     }
 
     /// Starts the template guest (its RAM in `ram` when given) and waits for its SSH (a

@@ -52,6 +52,10 @@ pub struct LaunchSpec {
     pub qmp_socket: PathBuf,
     /// A second QMP monitor, held open by the service to hear QEMU's events.
     pub events_socket: PathBuf,
+    /// The guest agent's two virtio-serial ports, as unix sockets QEMU listens on: commands
+    /// in and their stdout (`vmsvc.agent`), their stderr (`vmsvc.agent.err`). Only for
+    /// images whose guest runs the agent.
+    pub agent_sockets: Option<(PathBuf, PathBuf)>,
     pub pidfile: PathBuf,
     pub ssh_port: u16,
     pub boot: Boot,
@@ -201,9 +205,9 @@ pub fn build(spec: &LaunchSpec) -> Result<Vec<String>, QemuError> {
         }
         a.extend([s("-append"), cmdline]);
     }
-    let (blk, net, balloon) = match spec.arch {
-        Arch::X86_64 if !microvm => ("virtio-blk-pci", "virtio-net-pci", "virtio-balloon-pci"),
-        _ => ("virtio-blk-device", "virtio-net-device", "virtio-balloon-device"),
+    let (blk, net, balloon, serial) = match spec.arch {
+        Arch::X86_64 if !microvm => ("virtio-blk-pci", "virtio-net-pci", "virtio-balloon-pci", "virtio-serial-pci"),
+        _ => ("virtio-blk-device", "virtio-net-device", "virtio-balloon-device", "virtio-serial-device"),
     };
     if microvm {
         a.extend([s("-global"), s("virtio-mmio.force-legacy=false")]);
@@ -227,6 +231,19 @@ pub fn build(spec: &LaunchSpec) -> Result<Vec<String>, QemuError> {
     // Free page reporting: pages the guest frees are dropped from QEMU's memory (an idle
     // VM's RSS shrinks; a snapshot neither saves nor loads them). Never inflated.
     a.extend([s("-device"), format!("{balloon},free-page-reporting=on")]);
+    // The guest agent (a command runner the guest keeps on these ports): no network, no
+    // SSH handshake, and it lives on in a saved guest, so a restored copy answers at once.
+    if let Some((agent_out, agent_err)) = &spec.agent_sockets {
+        a.extend([s("-device"), s(serial)]);
+        for (id, path, name) in [("ag0", agent_out, "vmsvc.agent"), ("ag1", agent_err, "vmsvc.agent.err")] {
+            a.extend([
+                s("-chardev"),
+                format!("socket,id={id},path={},server=on,wait=off", optval(path)),
+                s("-device"),
+                format!("virtserialport,chardev={id},name={name}"),
+            ]);
+        }
+    }
     if spec.boot == Boot::Disk && spec.arch == Arch::X86_64 {
         a.extend([s("-device"), s("virtio-rng-pci")]);
     }
@@ -275,6 +292,7 @@ mod tests {
             console_log: "/w/console.log".into(),
             qmp_socket: "/w/qmp.sock".into(),
             events_socket: "/w/events.sock".into(),
+            agent_sockets: Some(("/w/agent.sock".into(), "/w/agent-err.sock".into())),
             pidfile: "/w/qemu.pid".into(),
             ssh_port: 40022,
             boot,
@@ -311,6 +329,8 @@ mod tests {
         assert!(has_pair(&a, "-serial", "chardev:con0"));
         assert!(has_pair(&a, "-qmp", "unix:/w/qmp.sock,server=on,wait=off"));
         assert!(has_pair(&a, "-qmp", "unix:/w/events.sock,server=on,wait=off"));
+        assert!(has_pair(&a, "-chardev", "socket,id=ag0,path=/w/agent.sock,server=on,wait=off"));
+        assert!(has_pair(&a, "-device", "virtserialport,chardev=ag1,name=vmsvc.agent.err"));
         assert!(has_pair(&a, "-pidfile", "/w/qemu.pid"));
         assert!(has_pair(&a, "-netdev", "user,id=n0,hostfwd=tcp:127.0.0.1:40022-:22"));
         assert!(has_pair(&a, "-device", "virtio-net-pci,netdev=n0"));

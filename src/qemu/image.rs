@@ -31,6 +31,10 @@ pub struct Manifest {
     /// The guest takes its dropbear host key from the seed (`write_files`) when given one.
     #[serde(default)]
     pub seed_host_key: bool,
+    /// The guest runs the service's command runner on the agent's virtio-serial ports
+    /// (sbin/vm-agent): the VM gets the ports, and commands go there first.
+    #[serde(default)]
+    pub agent: bool,
     #[serde(default)]
     pub source_hash: Option<String>,
     /// Unix seconds of the build.
@@ -63,6 +67,8 @@ pub struct BaseImage {
     pub openssh_host_key: bool,
     /// See [`Manifest::seed_host_key`].
     pub seed_host_key: bool,
+    /// See [`Manifest::agent`].
+    pub agent: bool,
     pub source_hash: Option<String>,
     pub built_at: Option<f64>,
 }
@@ -80,6 +86,7 @@ impl BaseImage {
             refresh: None,
             openssh_host_key: false,
             seed_host_key: false,
+            agent: false,
             source_hash: None,
             built_at: None,
         }
@@ -170,6 +177,7 @@ impl BaseImage {
                     refresh: m.refresh,
                     openssh_host_key: m.host_key_format.as_deref() == Some("openssh"),
                     seed_host_key: m.seed_host_key && m.host_key_format.as_deref() != Some("openssh"),
+                    agent: m.agent,
                     source_hash: m.source_hash,
                     built_at: m.built_at,
                 })

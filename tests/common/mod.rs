@@ -15,6 +15,12 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// The test image's guest runs the service's agent (its manifest says so).
+pub fn image_has_agent() -> bool {
+    let manifest = std::fs::read_to_string(image_dir().join("manifest.json")).unwrap_or_default();
+    serde_json::from_str::<Value>(&manifest).ok().and_then(|m| m["agent"].as_bool()).unwrap_or(false)
+}
+
 /// The image the suite runs on: VM_TEST_IMAGE (tiny, the default, or debian).
 pub fn image_name() -> String {
     std::env::var("VM_TEST_IMAGE").ok().filter(|s| !s.trim().is_empty()).unwrap_or_else(|| "tiny".into())
