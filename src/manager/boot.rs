@@ -272,7 +272,7 @@ impl Manager {
                 Start::Restore(r) => {
                     let target = self.target(&r.from_id, guard.live.port.port(), Some(r.host_key.clone()));
                     match self.load_state(&f, &r.state, r.ram.is_some(), rec.disk_gib).await {
-                        Ok(()) => match self.ready_over_agent(id, r.agent, &target, &guard, started).await {
+                        Ok(()) => match self.ready_over_agent(id, r.agent, &target, &guard, start, started).await {
                             Some(ready) => Ok(ready),
                             None => self.wait_ready(id, target, None, &f, &guard, cancel, started).await,
                         },
@@ -282,7 +282,7 @@ impl Manager {
                 Start::Resume => {
                     let target = self.target(id, guard.live.port.port(), rec.host_key.clone());
                     match self.load_state(&f, &self.paused_state(id), false, 0).await {
-                        Ok(()) => match self.ready_over_agent(id, image.agent, &target, &guard, started).await {
+                        Ok(()) => match self.ready_over_agent(id, image.agent, &target, &guard, start, started).await {
                             Some(ready) => Ok(ready),
                             None => self.wait_ready(id, target, None, &f, &guard, cancel, started).await,
                         },
@@ -292,8 +292,15 @@ impl Manager {
             };
             match ready {
                 Ok((guest, timings)) => {
-                    let guest = self.attach_agent(id, guest, &guard.live).await;
-                    self.after_restore(id, &guest, start).await?;
+                    // Reached through the agent, the guest was refreshed on the way.
+                    let guest = match timings.agent {
+                        Some(_) => guest,
+                        None => {
+                            let guest = self.attach_agent(id, guest, &guard.live).await;
+                            self.after_restore(id, &guest, start).await?;
+                            guest
+                        }
+                    };
                     return self.commit(id, guard, guest, started, spawned_at, timings, start.booted_from()).await;
                 }
                 Err(NotReady::PortTaken) if attempt < PORT_ATTEMPTS => {
@@ -503,18 +510,32 @@ impl Manager {
     }
 
     /// A restored guest whose agent was saved with it (`saved_agent`) answers through it as
-    /// soon as it runs: no SSH handshake before the VM is up (SSH connects when first
-    /// needed). None when there is no agent or it did not answer (SSH is waited for then).
-    async fn ready_over_agent(&self, id: &str, saved_agent: bool, target: &Target, guard: &LaunchGuard, started: Instant) -> Option<(GuestVm, Timings)> {
+    /// soon as it runs: its first command is its refresh (`after_restore`), and no SSH
+    /// handshake comes before the VM is up (SSH connects when first needed). None when
+    /// there is no agent or it did not answer in time (SSH is waited for then, and the
+    /// refresh, which may be run twice, runs over it).
+    async fn ready_over_agent(
+        &self,
+        id: &str,
+        saved_agent: bool,
+        target: &Target,
+        guard: &LaunchGuard,
+        start: &Start,
+        started: Instant,
+    ) -> Option<(GuestVm, Timings)> {
         let agent = guard.live.take_agent()?;
         if !saved_agent {
             return None;
         }
         let guest = GuestVm::over_agent(target.clone(), agent);
-        match guest.run_on_agent(&crate::guest::cmd::ok(), AGENT_PROBE).await {
-            Ok(_) => Some((guest, Timings { agent: Some(started.elapsed()), ..Default::default() })),
-            Err(e) => {
-                tracing::warn!(vm_id = %id, error = %e, "the restored guest's agent did not answer; waiting for SSH");
+        match tokio::time::timeout(AGENT_PROBE, self.after_restore(id, &guest, start)).await {
+            Ok(Ok(())) => Some((guest, Timings { agent: Some(started.elapsed()), ..Default::default() })),
+            Ok(Err(e)) => {
+                tracing::warn!(vm_id = %id, error = %e, "the restored guest's refresh through its agent failed; waiting for SSH");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(vm_id = %id, "the restored guest's agent did not answer in {} s; waiting for SSH", AGENT_PROBE.as_secs());
                 None
             }
         }
@@ -694,16 +715,19 @@ impl Manager {
             live.proc.signal(nix::sys::signal::Signal::SIGKILL);
             let _ = wait(Duration::from_secs(5)).await;
         }
-        let _ = tokio::fs::remove_file(&f.pidfile).await;
-        let _ = tokio::fs::remove_file(&f.qmp).await;
+        for left in [&f.pidfile, &f.qmp, &f.events, &f.agent, &f.agent_err] {
+            let _ = tokio::fs::remove_file(left).await;
+        }
     }
 }
 
 /// The host's time (Unix seconds) to give `guest`, read once a session to it is open: a
 /// new OpenSSH session under TCG takes a second or two, which would otherwise be missing
-/// from the guest's clock.
+/// from the guest's clock. (Over the agent a command starts at once.)
 async fn host_time_for(guest: &GuestVm) -> Result<u64> {
-    guest.run_checked(&crate::guest::cmd::ok(), Duration::from_secs(30)).await?;
+    if !guest.has_agent() {
+        guest.run_checked(&crate::guest::cmd::ok(), Duration::from_secs(30)).await?;
+    }
     Ok(now().round() as u64)
 }
 
@@ -741,9 +765,9 @@ struct Timings {
     agent: Option<Duration>,
 }
 
-/// How long a restored guest's agent has to answer before SSH is waited for instead
-/// (it answers in ~0.15 s under TCG).
-const AGENT_PROBE: Duration = Duration::from_secs(3);
+/// How long a restored guest has to answer its refresh through its agent before SSH is
+/// waited for instead (it takes ~0.3 s under TCG).
+const AGENT_PROBE: Duration = Duration::from_secs(5);
 
 /// Runs blocking file work off the async runtime.
 pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
