@@ -158,7 +158,8 @@ for lib in /lib/x86_64-linux-gnu/libnss_files.so.2; do [ -e "$lib" ] && cp -L "$
 
 # static configuration, init scripts and the seed reader
 cp -a "$here/rootfs/." "$root/"
-chmod 755 "$root/etc/init.d/rcS" "$root/etc/udhcpc.script" "$root/etc/acpi/PWRF/00000080" "$root/sbin/vm-seed" "$root/sbin/sshd-loop" "$root/sbin/vm-refresh" "$root/sbin/vm-grow" "$root/sbin/vm-agent" "$root/sbin/vm-runner"
+install -m 755 "$here/agent/vm-agent" "$here/agent/vm-runner" "$root/sbin/"
+chmod 755 "$root/etc/init.d/rcS" "$root/etc/udhcpc.script" "$root/etc/acpi/PWRF/00000080" "$root/sbin/vm-seed" "$root/sbin/sshd-loop" "$root/sbin/vm-refresh" "$root/sbin/vm-grow"
 chmod 600 "$root/etc/shadow"
 
 # modules the running system loads after switch_root (power button for ACPI shutdown; the
@@ -250,7 +251,7 @@ cat > "$out/manifest.json.tmp" <<EOF
 $(if [ "$profile" = tiny ]; then
     printf '  "ready_marker": "tiny-guest: rcS done",\n  "refresh": "/sbin/vm-refresh",\n  "seed_host_key": true,\n  "agent": true,'
   else
-    printf '  "ready_marker": "debian-guest: ready",\n  "refresh": "/usr/local/sbin/vm-refresh",\n  "host_key_format": "openssh",'
+    printf '  "ready_marker": "debian-guest: ready",\n  "refresh": "/usr/local/sbin/vm-refresh",\n  "host_key_format": "openssh",\n  "agent": true,'
   fi)
   "kernel_version": "$kver",
   "source_hash": "$(bash "$(dirname "${BASH_SOURCE[0]}")/source-hash.sh" "$profile")",

@@ -228,9 +228,9 @@ pub fn tar_gz_of(root: &str) -> Script {
     Script::new("exec tar -C @@ -czf - .", &[Word::path(root)])
 }
 
-/// The command runner's loop (bash; the protocol is in runner.rs). Tiny guest images also
-/// hold this file, as /sbin/vm-runner, for their agent.
-pub const RUNNER_LOOP: &str = include_str!("../../guest/rootfs/sbin/vm-runner");
+/// The command runner's loop (bash; the protocol is in runner.rs). Guest images with an
+/// agent also hold this file (guest/agent/vm-runner).
+pub const RUNNER_LOOP: &str = include_str!("../../guest/agent/vm-runner");
 
 /// A long-lived command runner started over SSH: [`RUNNER_LOOP`] under bash. Exits 97
 /// without bash.
