@@ -251,7 +251,7 @@ cat > "$out/manifest.json.tmp" <<EOF
 $(if [ "$profile" = tiny ]; then
     printf '  "ready_marker": "tiny-guest: rcS done",\n  "refresh": "/sbin/vm-refresh",\n  "seed_host_key": true,\n  "agent": true,'
   else
-    printf '  "ready_marker": "debian-guest: ready",\n  "refresh": "/usr/local/sbin/vm-refresh",\n  "host_key_format": "openssh",\n  "agent": true,'
+    printf '  "ready_marker": "debian-guest: ready",\n  "refresh": "/usr/local/sbin/vm-refresh",\n  "host_key_format": "openssh",'
   fi)
   "kernel_version": "$kver",
   "source_hash": "$(bash "$(dirname "${BASH_SOURCE[0]}")/source-hash.sh" "$profile")",

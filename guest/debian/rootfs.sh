@@ -21,13 +21,12 @@ mkdir -p "$cache"
 debootstrap --cache-dir="$cache" --variant=minbase --include="$(echo "$pkgs" | tr -d '\n ')" "$suite" "$root" "$mirror"
 
 cp -a "$here/files/." "$root/"
-install -m 755 "$here/../agent/vm-agent" "$here/../agent/vm-runner" "$root/usr/local/sbin/"
 cat > "$root/etc/apt/sources.list" <<SRC
 deb $mirror $suite main
 deb $mirror $suite-updates main
 deb http://deb.debian.org/debian-security $suite-security main
 SRC
-chroot "$root" systemctl enable systemd-networkd.service vm-id.service vm-ready.service vm-agent.service >/dev/null
+chroot "$root" systemctl enable systemd-networkd.service vm-id.service vm-ready.service >/dev/null
 # Timers and scrubbers a short-lived VM does not need (each costs seconds of boot under TCG).
 chroot "$root" systemctl mask e2scrub_reap.service e2scrub_all.timer apt-daily.timer apt-daily-upgrade.timer \
   dpkg-db-backup.timer fstrim.timer man-db.timer >/dev/null
