@@ -320,7 +320,9 @@ async fn metrics(s: &Service, id: &str) {
     let idle = loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let cpu = s.get(&format!("/metrics/{id}")).await.1["cpu_percent"].as_f64().unwrap();
-        if cpu < 40.0 || Instant::now() > deadline {
+        // Below 15 %: a guest still busy at 36 % left too little room to see the load on a
+        // host whose other core ran another VM (Debian: 38.9 loaded vs 35.9 "idle").
+        if cpu < 15.0 || Instant::now() > deadline {
             break cpu;
         }
     };
@@ -572,7 +574,9 @@ async fn output_written_around_the_runner_is_capped() {
         assert!(Instant::now() < deadline, "the first command never started: {v}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert!(runner_input.contains("/dev/vport"), "the first command ran on the guest agent: {runner_input}");
+    if image_has_agent() {
+        assert!(runner_input.contains("/dev/vport"), "the first command ran on the guest agent: {runner_input}");
+    }
     let before = peak_rss(pid);
     let (_, v) = s.post(&format!("/vms/{id}/execute-sh"), json!({"command": "yes | head -c 60000000 > /proc/$$/fd/1; echo done", "timeout": 600})).await;
     let grew = peak_rss(pid) - before;
