@@ -22,11 +22,15 @@ struct Ports {
     err: UnixStream,
     out_buf: Vec<u8>,
     err_buf: Vec<u8>,
+    /// Set while a command is in flight: a caller that went away mid-exchange (its future
+    /// dropped) leaves it set, and the next one drops the ports instead of reading the old
+    /// command's bytes as its own.
+    in_flight: bool,
 }
 
 impl Source for Ports {
     async fn next_msg(&mut self) -> Option<ChannelMsg> {
-        let Ports { out, err, out_buf, err_buf } = self;
+        let Ports { out, err, out_buf, err_buf, .. } = self;
         tokio::select! {
             r = out.read(out_buf) => match r {
                 Ok(n) if n > 0 => Some(ChannelMsg::Data { data: bytes::Bytes::copy_from_slice(&out_buf[..n]) }),
@@ -63,7 +67,7 @@ impl Agent {
     pub async fn connect(out: &Path, err: &Path, wait: Duration) -> Result<Agent, GuestError> {
         let out = connect_one(out, wait).await?;
         let err = connect_one(err, wait).await?;
-        let ports = Ports { out, err, out_buf: vec![0; 64 * 1024], err_buf: vec![0; 64 * 1024] };
+        let ports = Ports { out, err, out_buf: vec![0; 64 * 1024], err_buf: vec![0; 64 * 1024], in_flight: false };
         Ok(Agent { ports: tokio::sync::Mutex::new(Some(ports)) })
     }
 
@@ -93,17 +97,23 @@ impl Agent {
 
 /// One command on the agent's ports; None when they are gone (nothing ran).
 async fn run_on<O: Opener>(held: &mut Option<Ports>, opener: &O, script: &Script, timeout: Duration, cap: usize) -> Option<RunOutcome> {
+    if held.as_ref().is_some_and(|p| p.in_flight) {
+        tracing::debug!("guest agent dropped: an earlier command's caller went away mid-exchange");
+        *held = None;
+    }
     let ports = held.as_mut()?;
     if script.contains_nul() {
         return Some(RunOutcome::NotStarted(GuestError::BadPath("a NUL byte cannot be passed to the guest's shell".into())));
     }
     let (tok, req) = runner::request(script, cap);
+    ports.in_flight = true;
     if let Err(e) = ports.out.write_all(&req).await {
         tracing::debug!(error = %e, "guest agent gone");
         *held = None;
         return None;
     }
     let (outcome, clean) = runner::exchange(ports, opener, &tok, timeout, cap).await;
+    ports.in_flight = false;
     if !clean {
         tracing::debug!("guest agent dropped after an exchange that did not end well-framed");
         *held = None;
