@@ -150,6 +150,14 @@ async fn files(s: &Service, id: &str) {
 }
 
 async fn exec(s: &Service, id: &str) {
+    // An empty command is a command (it once hung the guest agent's runner).
+    let v = s.exec(id, "").await;
+    assert_eq!((v["ok"].clone(), v["exit_code"].clone(), v["stdout"].clone()), (json!(true), json!(0), json!("")), "{v}");
+    // A client that gives up mid-command leaves nothing behind for the next one.
+    let gone = s.client.post(s.url(&format!("/vms/{id}/execute-sh"))).bearer_auth(TOKEN).json(&json!({"command": "sleep 3; echo stale >&2"}));
+    assert!(gone.timeout(Duration::from_millis(500)).send().await.is_err(), "the request was to time out on the client");
+    let v = s.exec(id, "echo fresh").await;
+    assert_eq!((v["stdout"].as_str(), v["stderr"].as_str()), (Some("fresh\n"), Some("")), "{v}");
     let v = s.exec(id, "echo out; echo err >&2; exit 7").await;
     assert_eq!((v["ok"].clone(), v["exit_code"].clone()), (json!(true), json!(7)));
     assert_eq!(v["reason"], "Result: out\n\nError: err");
