@@ -9,15 +9,10 @@ the service minus this floor is the service's own overhead.
 With --url, each plain boot is paired with a create → running through that service (deleted
 after), and the paired differences are printed: the service's overhead, measured side by side.
 Reports; asserts nothing."""
-import argparse, json, os, re, socket, statistics, subprocess, tempfile, time
+import argparse, json, os, re, socket, statistics, subprocess, sys, tempfile, time
 
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import free_port  # noqa: E402
 
 
 def banner(port):

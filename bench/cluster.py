@@ -9,16 +9,11 @@ them (QEMUs by PID) at the end.
 """
 import argparse, http.client, json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time, uuid
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import free_port  # noqa: E402
+
 TOKEN = "bench-cluster-" + uuid.uuid4().hex
 SECRET = "bench-cluster-secret-" + uuid.uuid4().hex
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def call(port, method, path, body=None, timeout=300):
