@@ -51,11 +51,6 @@ pub async fn run_plain<O: Opener>(opener: &O, script: &Script, timeout: Duration
     Err(GuestError::Ssh("the guest did not acknowledge the exec request".into()))
 }
 
-/// Runs a service-internal command whose failure is an error.
-pub async fn run_checked<O: Opener>(opener: &O, runners: &Runners, script: &Script, timeout: Duration) -> Result<Vec<u8>, GuestError> {
-    checked(run(opener, runners, script, timeout, OUTPUT_CAP).await?, timeout)
-}
-
 /// A service-internal command's stdout, or the error its timeout or exit code makes.
 pub fn checked(out: Output, timeout: Duration) -> Result<Vec<u8>, GuestError> {
     if out.timed_out {
