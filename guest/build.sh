@@ -136,10 +136,10 @@ copy_with_libs() { # copy a binary to the same path inside the rootfs, with its 
 copy_with_libs "$(command -v dropbear)" /usr/sbin/dropbear
 copy_with_libs "$(command -v dropbearkey)" /usr/bin/dropbearkey
 copy_with_libs /usr/lib/openssh/sftp-server /usr/lib/openssh/sftp-server
-# reseeding the RNG of a restored clone (sbin/vm-refresh)
+# the identity refresh of a restored copy (one static program: tools/vm-refresh.c says why)
 need_cmd cc gcc
-cc -Os -Wall -static -o "$work/vm-reseed" "$here/tools/vm-reseed.c" || die "could not compile tools/vm-reseed.c"
-copy_with_libs "$work/vm-reseed" /sbin/vm-reseed
+cc -Os -Wall -static -o "$work/vm-refresh" "$here/tools/vm-refresh.c" || die "could not compile tools/vm-refresh.c"
+copy_with_libs "$work/vm-refresh" /sbin/vm-refresh
 # growing the root partition and filesystem to the VM's disk (sbin/vm-grow)
 copy_with_libs /sbin/resize2fs /sbin/resize2fs
 copy_with_libs /usr/bin/resizepart /usr/bin/resizepart
@@ -159,7 +159,7 @@ for lib in /lib/x86_64-linux-gnu/libnss_files.so.2; do [ -e "$lib" ] && cp -L "$
 # static configuration, init scripts and the seed reader
 cp -a "$here/rootfs/." "$root/"
 install -m 755 "$here/agent/vm-agent" "$here/agent/vm-runner" "$root/sbin/"
-chmod 755 "$root/etc/init.d/rcS" "$root/etc/udhcpc.script" "$root/etc/acpi/PWRF/00000080" "$root/sbin/vm-seed" "$root/sbin/sshd-loop" "$root/sbin/vm-refresh" "$root/sbin/vm-grow"
+chmod 755 "$root/etc/init.d/rcS" "$root/etc/udhcpc.script" "$root/etc/acpi/PWRF/00000080" "$root/sbin/vm-seed" "$root/sbin/sshd-loop" "$root/sbin/vm-grow"
 chmod 600 "$root/etc/shadow"
 
 # modules the running system loads after switch_root (power button for ACPI shutdown; the
@@ -249,7 +249,7 @@ cat > "$out/manifest.json.tmp" <<EOF
   "machine": "$machine",
   "cpu": "qemu64,+rdrand",
 $(if [ "$profile" = tiny ]; then
-    printf '  "ready_marker": "tiny-guest: rcS done",\n  "refresh": "/sbin/vm-refresh",\n  "seed_host_key": true,\n  "agent": true,'
+    printf '  "ready_marker": "tiny-guest: rcS done",\n  "refresh": "/sbin/vm-refresh",\n  "seed_host_key": true,\n  "agent": true,\n  "refresh_port": true,'
   else
     printf '  "ready_marker": "debian-guest: ready",\n  "refresh": "/usr/local/sbin/vm-refresh",\n  "host_key_format": "openssh",'
   fi)

@@ -67,6 +67,16 @@ async fn clones_of_a_warm_snapshot_are_vms_of_their_own() {
     }
     assert_ne!(ia[3], ib[3], "two clones drew the same random bytes");
     assert_ne!(ia[4], ib[4], "two clones share an SSH host key");
+    if image_has_refresh_port() {
+        // Refreshed by the guest's refresh server, not by a command (the event says which).
+        let log = s.log();
+        for id in [&a, &b] {
+            assert!(
+                log.lines().any(|l| l.contains(id.as_str()) && l.contains("identity_refreshed") && l.contains("through the refresh port")),
+                "{id} was not refreshed through its refresh port:\n{log}"
+            );
+        }
+    }
     for id in [&a, &b] {
         // Commands reach a copy through the agent saved with it; SSH (here SFTP) connects
         // later, to the copy's own identity and key.

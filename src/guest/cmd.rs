@@ -243,10 +243,15 @@ pub fn sync() -> Script {
     Script::new("sync", &[])
 }
 
-/// Waits for the guest's first-boot work to end (cloud-init's last stages run on after
-/// sshd is up; a snapshot taken then would make every copy redo them), then syncs.
+/// Waits for the guest's first-boot work to end (the tiny guest's vm-grow, ≤ 5 min;
+/// cloud-init's last stages run on after sshd is up; a snapshot taken then would make every
+/// copy redo them), then syncs.
 pub fn settle() -> Script {
-    Script::new("if command -v cloud-init >/dev/null 2>&1; then cloud-init status --wait >/dev/null 2>&1 || true; fi; sync", &[])
+    Script::new(
+        "i=0; while [ -e /run/vm-growing ] && [ \"$i\" -lt 300 ]; do sleep 1; i=$((i+1)); done
+if command -v cloud-init >/dev/null 2>&1; then cloud-init status --wait >/dev/null 2>&1 || true; fi; sync",
+        &[],
+    )
 }
 
 /// Steps the guest's clock to `epoch` (a resumed guest's clock is the moment it was saved).

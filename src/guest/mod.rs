@@ -16,6 +16,7 @@ pub mod ports;
 pub mod prefixed;
 pub mod pty;
 pub mod reader;
+pub mod refresh_port;
 pub mod runner;
 pub mod search;
 pub mod sftp;

@@ -9,6 +9,7 @@
 use super::{lock, Live, Manager, ManagerError, Result, Slot, VmFiles};
 use crate::guest::agent::Agent;
 use crate::guest::pool::Target;
+use crate::guest::refresh_port::{Identity, RefreshPort};
 use crate::guest::{GuestError, GuestVm};
 use crate::model::{now, VmRecord, VmState};
 use crate::qemu::args::{self, Arch, LaunchSpec};
@@ -72,6 +73,21 @@ pub(crate) async fn connect_agent(id: &str, f: &VmFiles, live: &Live) -> Option<
         },
         _ = exited.wait_for(|e| *e) => None,
     }
+}
+
+/// How long a restored guest's refresh port may take to answer before the refresh is run as
+/// a command instead (it is idempotent).
+const REFRESH_PORT_WAIT: Duration = Duration::from_secs(3);
+
+/// Connects the refresh port of the QEMU `live` just started and keeps it in `live` (left
+/// out, logged, when its socket does not appear: copies are then refreshed by a command).
+pub(crate) async fn connect_refresh(id: &str, f: &VmFiles, live: &Live) {
+    let mut exited = live.exited.clone();
+    let port = tokio::select! {
+        r = RefreshPort::connect(&f.refresh, Duration::from_secs(5)) => r.map_err(|e| tracing::warn!(vm_id = %id, error = %e, "no refresh port")).ok(),
+        _ = exited.wait_for(|e| *e) => None,
+    };
+    *live.refresh.lock().await = port;
 }
 
 /// Owns a launched QEMU until the boot commits: dropped before that, it kills QEMU and
@@ -161,6 +177,9 @@ pub(crate) struct Restore {
     pub kind: &'static str,
     /// The saved guest's agent was running and connected: the copy is reached through it.
     pub agent: bool,
+    /// The saved guest's refresh port had the service connected (its server waits on it):
+    /// the copy is refreshed there.
+    pub refresh_port: bool,
     /// Runs when the last VM restored from this is up (a fork's state file is removed).
     pub on_done: Option<Box<dyn Fn() + Send + Sync>>,
 }
@@ -297,7 +316,7 @@ impl Manager {
                         Some(_) => guest,
                         None => {
                             let guest = self.attach_agent(id, guest, &guard.live).await;
-                            self.after_restore(id, &guest, start).await?;
+                            self.after_restore(id, &guest, start, &guard.live).await?;
                             guest
                         }
                     };
@@ -322,7 +341,7 @@ impl Manager {
 
     /// What a restored guest needs before it is a VM of its own: a restore gets the new id,
     /// hostname, host key, randomness and the host's clock (vm-refresh); a resume the clock.
-    async fn after_restore(&self, id: &str, guest: &GuestVm, start: &Start) -> Result<()> {
+    async fn after_restore(&self, id: &str, guest: &GuestVm, start: &Start, live: &Live) -> Result<()> {
         match start {
             Start::Cold => Ok(()),
             Start::Resume => {
@@ -340,10 +359,34 @@ impl Manager {
                 let seed: String = seed.iter().map(|b| format!("{b:02x}")).collect();
                 let (key_file, key) = new_host_key(image.openssh_host_key)?;
                 let epoch = host_time_for(guest).await?;
-                let refresh = crate::guest::cmd::refresh(&refresh, id, epoch, &seed, &key_file, r.ram.is_some());
-                guest.run_checked(&refresh, Duration::from_secs(30)).await?;
+                let mut way = "a command";
+                let mut port = live.refresh.lock().await;
+                let identity = Identity { vm_id: id, epoch, seed_hex: &seed, host_key_b64: &key_file, no_page_reports: r.ram.is_some() };
+                let done = match port.as_mut() {
+                    Some(p) if r.refresh_port => match p.refresh(&identity, REFRESH_PORT_WAIT).await {
+                        Ok(()) => true,
+                        Err(e) => {
+                            // A late answer would be taken for the next request's: the port goes.
+                            tracing::warn!(vm_id = %id, error = %e, "the refresh port failed; refreshing by a command");
+                            *port = None;
+                            false
+                        }
+                    },
+                    _ => false,
+                };
+                drop(port);
+                if done {
+                    way = "the refresh port";
+                } else {
+                    let refresh = crate::guest::cmd::refresh(&refresh, id, epoch, &seed, &key_file, r.ram.is_some());
+                    guest.run_checked(&refresh, Duration::from_secs(30)).await?;
+                }
                 guest.retarget(id, &key);
-                self.emit_step(id, "identity_refreshed", Some(format!("restored from {} {}; refresh took {} ms", r.kind, r.from_id, t0.elapsed().as_millis())));
+                self.emit_step(
+                    id,
+                    "identity_refreshed",
+                    Some(format!("restored from {} {}; refreshed through {way} in {} ms", r.kind, r.from_id, t0.elapsed().as_millis())),
+                );
                 Ok(())
             }
         }
@@ -368,6 +411,7 @@ impl Manager {
             return Err(ManagerError::Internal(format!("the saved state {} did not load (QEMU status {status})", state.display())));
         }
         q.call("cont", None).await?;
+        tracing::debug!(ms = t0.elapsed().as_millis() as u64, "vCPUs started");
         let wanted = u64::from(disk_gib) << 30;
         let size = overlay::qcow2_virtual_size(&f.overlay)?.unwrap_or(0);
         if wanted > size {
@@ -442,6 +486,7 @@ impl Manager {
             qmp_socket: f.qmp.clone(),
             events_socket: f.events.clone(),
             agent_sockets: image.agent.then(|| (f.agent.clone(), f.agent_err.clone())),
+            refresh_socket: image.refresh_port.then(|| f.refresh.clone()),
             pidfile: f.pidfile.clone(),
             ssh_port: port,
             boot: image.boot.clone(),
@@ -484,6 +529,9 @@ impl Manager {
         if image.agent {
             // Before a restored guest runs: its agent must find the service there.
             *lock(&guard.live.agent) = connect_agent(id, f, &guard.live).await;
+        }
+        if image.refresh_port {
+            connect_refresh(id, f, &guard.live).await;
         }
         let (port, user) = (guard.live.port.port(), self.cfg.ssh_user.clone());
         self.catalog
@@ -528,7 +576,7 @@ impl Manager {
             return None;
         }
         let guest = GuestVm::over_agent(target.clone(), agent);
-        match tokio::time::timeout(AGENT_PROBE, self.after_restore(id, &guest, start)).await {
+        match tokio::time::timeout(AGENT_PROBE, self.after_restore(id, &guest, start, &guard.live)).await {
             Ok(Ok(())) => Some((guest, Timings { agent: Some(started.elapsed()), ..Default::default() })),
             Ok(Err(e)) => {
                 tracing::warn!(vm_id = %id, error = %e, "the restored guest's refresh through its agent failed; waiting for SSH");
@@ -715,7 +763,7 @@ impl Manager {
             live.proc.signal(nix::sys::signal::Signal::SIGKILL);
             let _ = wait(Duration::from_secs(5)).await;
         }
-        for left in [&f.pidfile, &f.qmp, &f.events, &f.agent, &f.agent_err] {
+        for left in [&f.pidfile, &f.qmp, &f.events, &f.agent, &f.agent_err, &f.refresh] {
             let _ = tokio::fs::remove_file(left).await;
         }
     }

@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::OwnedMutexGuard;
 use tokio_util::sync::CancellationToken;
 
+/// The smallest disk a VM may ask for (the original's floor). Snapshot templates are made
+/// this large, so a copy of that size starts with its filesystem already grown.
+pub(crate) const MIN_DISK_GIB: u32 = 5;
+
 /// What a create request asks for (validated by the API layer's types).
 #[derive(Debug, Clone)]
 pub struct CreateSpec {
@@ -95,8 +99,8 @@ impl Manager {
     pub fn check_capacity(&self, spec: &CreateSpec) -> Result<()> {
         self.check_shape(spec.vcpus, spec.mem_mib)?;
         let c = &self.cfg;
-        if spec.disk_gib < 5 || spec.disk_gib > c.max_disk_gib {
-            return Err(invalid("disk_gib", format!("disk_gib must be between 5 and {}", c.max_disk_gib)));
+        if spec.disk_gib < MIN_DISK_GIB || spec.disk_gib > c.max_disk_gib {
+            return Err(invalid("disk_gib", format!("disk_gib must be between {MIN_DISK_GIB} and {}", c.max_disk_gib)));
         }
         if let Some(ttl) = spec.ttl_s {
             super::expiry::check_ttl(ttl).map_err(|m| invalid("ttl_s", m))?;
@@ -492,8 +496,12 @@ impl Manager {
                 match outcome {
                     None => {} // a stop/delete took over
                     Some(Ok(guest)) => {
-                        if me.image_of(&rec2).is_ok_and(|i| i.agent) {
+                        let image = me.image_of(&rec2).ok();
+                        if image.as_ref().is_some_and(|i| i.agent) {
                             *lock(&live.agent) = super::boot::connect_agent(&id, &me.files(&id), &live).await;
+                        }
+                        if image.as_ref().is_some_and(|i| i.refresh_port) {
+                            super::boot::connect_refresh(&id, &me.files(&id), &live).await;
                         }
                         let guest = me.attach_agent(&id, guest, &live).await;
                         let host_key = guest.host_key();

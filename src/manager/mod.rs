@@ -131,6 +131,8 @@ pub(crate) struct Live {
     pub frozen: Mutex<Option<String>>,
     /// The guest agent's connection, from the launch until the guest is reached.
     pub agent: Mutex<Option<crate::guest::agent::Agent>>,
+    /// The guest's refresh port, connected for QEMU's whole life (see guest::refresh_port).
+    pub refresh: tokio::sync::Mutex<Option<crate::guest::refresh_port::RefreshPort>>,
 }
 
 impl Live {
@@ -144,6 +146,7 @@ impl Live {
             jobs: Default::default(),
             frozen: Default::default(),
             agent: Default::default(),
+            refresh: Default::default(),
         }
     }
 
@@ -222,6 +225,8 @@ pub struct VmFiles {
     pub events: PathBuf,
     pub agent: PathBuf,
     pub agent_err: PathBuf,
+    /// The guest's refresh port (`vmsvc.refresh`).
+    pub refresh: PathBuf,
 }
 
 impl Manager {
@@ -272,6 +277,7 @@ impl Manager {
             events: dir.join("events.sock"),
             agent: dir.join("agent.sock"),
             agent_err: dir.join("agent-err.sock"),
+            refresh: dir.join("refresh.sock"),
             dir,
         }
     }

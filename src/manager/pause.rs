@@ -151,6 +151,7 @@ impl Manager {
             ram: None,
             kind: "fork",
             agent: guest.has_agent(),
+            refresh_port: live.refresh.lock().await.is_some(),
             on_done: Some(Box::new(move || {
                 let _ = std::fs::remove_file(&remove);
             })),
@@ -298,7 +299,7 @@ impl Manager {
     /// The original's `ensure`: the VM's record as it is, or — when the record was lost — a
     /// new `stopped` record for that id, whose next start uses the disk left on this node.
     pub async fn ensure(&self, id: &str, spec: CreateSpec) -> Result<VmRecord> {
-        if spec.vcpus < 1 || spec.mem_mib < 256 || spec.disk_gib < 5 {
+        if spec.vcpus < 1 || spec.mem_mib < 256 || spec.disk_gib < super::lifecycle::MIN_DISK_GIB {
             return Err(ManagerError::Invalid { field: "vcpus".into(), message: "vcpus ≥ 1, mem_mib ≥ 256, disk_gib ≥ 5".into() });
         }
         if !crate::model::valid_vm_id(id) {

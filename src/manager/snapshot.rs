@@ -9,6 +9,7 @@
 //! after the snapshot is replaced; layers.rs removes a layer nobody uses).
 use super::boot::{blocking, Restore, Start};
 use super::{lock, Manager, ManagerError, Result, VmFiles};
+use crate::guest::refresh_port::RefreshPort;
 use crate::guest::GuestVm;
 use crate::model::now;
 use crate::qemu::image::BaseImage;
@@ -36,6 +37,10 @@ pub struct SnapshotMeta {
     /// The template's guest agent answered before the save: copies are reached through it.
     #[serde(default)]
     pub agent: bool,
+    /// The template's refresh port answered before the save (its server waits there, with
+    /// the service connected): copies are refreshed through it.
+    #[serde(default)]
+    pub refresh_port: bool,
     /// QEMU version, image identity and the command line's shape it was made with.
     pub fits: String,
     pub created_at: f64,
@@ -191,6 +196,7 @@ impl Manager {
             events: "/vm/events".into(),
             agent: "/vm/agent".into(),
             agent_err: "/vm/agent-err".into(),
+            refresh: "/vm/refresh".into(),
         };
         let mut spec = self.launch_spec((vcpus, mem_mib, false), image, &f, 1, true).await;
         // A boot-time hint that varies by a few kHz between measurements; a restore skips the boot.
@@ -250,6 +256,7 @@ impl Manager {
             host_key: meta.host_key.clone(),
             kind: "snapshot",
             agent: meta.agent,
+            refresh_port: meta.refresh_port,
             on_done: None,
         })))
     }
@@ -360,6 +367,7 @@ impl Manager {
             events: build.join("events.sock"),
             agent: build.join("agent.sock"),
             agent_err: build.join("agent-err.sock"),
+            refresh: build.join("refresh.sock"),
             dir: build.to_path_buf(),
         };
         let (dir, layers) = (f.dir.clone(), self.layers_dir());
@@ -370,7 +378,10 @@ impl Manager {
             std::fs::set_permissions(&layers, std::fs::Permissions::from_mode(0o711)).map_err(io(format!("chmod {}", layers.display())))
         })
         .await?;
-        overlay::create(&self.cfg.qemu_img, &image.disk, &f.overlay, 0).await?;
+        // At the smallest disk a VM may have: its guest grows into it before the save, so the
+        // copies of that size need no disk resize and no filesystem growth (seconds of guest
+        // CPU, and memory) after their restore.
+        overlay::create(&self.cfg.qemu_img, &image.disk, &f.overlay, super::lifecycle::MIN_DISK_GIB).await?;
         let (seed_path, user_data, meta_data) =
             (f.seed.clone(), seed::user_data(&self.cfg.ssh_user, &self.pubkey, &template_id), seed::meta_data(&template_id));
         let ram = self.cfg.snapshot_template_ram.then(|| build.join(RAM_FILE));
@@ -406,6 +417,11 @@ impl Manager {
             true => self.template_agent(&f, &template_id).await,
             false => None,
         };
+        // Held open through the save, like the agent's sockets.
+        let refresh_port = match image.refresh_port {
+            true => template_refresh_port(&f).await,
+            false => None,
+        };
         let t_save = Instant::now();
         let state = build.join("state.bin");
         let state_bytes = self.save_state(&f.qmp, &state, ram.is_some()).await?;
@@ -414,6 +430,7 @@ impl Manager {
         let _ = tokio::time::timeout(Duration::from_secs(10), exited).await;
         drop(stop);
         let agent = agent.is_some();
+        let refresh_port = refresh_port.is_some();
         let save_s = t_save.elapsed().as_secs_f64();
         // The disk becomes a frozen layer: VMs restored from this snapshot stack on it.
         let layer = self.layers_dir().join(format!("{}.qcow2", uuid::Uuid::new_v4().simple()));
@@ -428,6 +445,7 @@ impl Manager {
             state_bytes,
             template_ram: ram.is_some(),
             agent,
+            refresh_port,
             fits: self.fits(image, vcpus, mem_mib).await,
             created_at: now(),
             boot_s,
@@ -435,7 +453,7 @@ impl Manager {
         };
         let (build, fin, text) = (build.to_path_buf(), self.snapshot_dir(image_name, vcpus, mem_mib), serde_json::to_vec_pretty(&meta).unwrap_or_default());
         blocking(move || {
-            for stale in ["seed.img", "console.log", "qemu.log", "qemu.pid", "qmp.sock", "events.sock", "agent.sock", "agent-err.sock"] {
+            for stale in ["seed.img", "console.log", "qemu.log", "qemu.pid", "qmp.sock", "events.sock", "agent.sock", "agent-err.sock", "refresh.sock"] {
                 let _ = std::fs::remove_file(build.join(stale));
             }
             // Back to the service's own user: no QEMU may change what later copies start from.
@@ -564,6 +582,26 @@ impl<F: FnOnce()> Drop for ScopeGuard<F> {
     fn drop(&mut self) {
         if let Some(f) = self.0.take() {
             f();
+        }
+    }
+}
+
+/// The template guest's refresh port, once its server answered (None, logged, when it did
+/// not: copies are then refreshed by a command).
+async fn template_refresh_port(f: &VmFiles) -> Option<RefreshPort> {
+    let mut port = match RefreshPort::connect(&f.refresh, Duration::from_secs(5)).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "the template has no refresh port");
+            return None;
+        }
+    };
+    // Its server polls once a second while no host is connected; then it waits on the port.
+    match port.ping(Duration::from_secs(30)).await {
+        Ok(()) => Some(port),
+        Err(e) => {
+            tracing::warn!(error = %e, "the template's refresh port did not answer");
+            None
         }
     }
 }

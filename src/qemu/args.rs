@@ -56,6 +56,8 @@ pub struct LaunchSpec {
     /// in and their stdout (`vmsvc.agent`), their stderr (`vmsvc.agent.err`). Only for
     /// images whose guest runs the agent.
     pub agent_sockets: Option<(PathBuf, PathBuf)>,
+    /// The port the guest serves its identity refresh on (`vmsvc.refresh`), as a unix socket.
+    pub refresh_socket: Option<PathBuf>,
     pub pidfile: PathBuf,
     pub ssh_port: u16,
     pub boot: Boot,
@@ -233,9 +235,16 @@ pub fn build(spec: &LaunchSpec) -> Result<Vec<String>, QemuError> {
     a.extend([s("-device"), format!("{balloon},free-page-reporting=on")]);
     // The guest agent (a command runner the guest keeps on these ports): no network, no
     // SSH handshake, and it lives on in a saved guest, so a restored copy answers at once.
+    let mut ports = Vec::new();
     if let Some((agent_out, agent_err)) = &spec.agent_sockets {
+        ports.extend([("ag0", agent_out, "vmsvc.agent"), ("ag1", agent_err, "vmsvc.agent.err")]);
+    }
+    if let Some(refresh) = &spec.refresh_socket {
+        ports.push(("ag2", refresh, "vmsvc.refresh"));
+    }
+    if !ports.is_empty() {
         a.extend([s("-device"), s(serial)]);
-        for (id, path, name) in [("ag0", agent_out, "vmsvc.agent"), ("ag1", agent_err, "vmsvc.agent.err")] {
+        for (id, path, name) in ports {
             a.extend([
                 s("-chardev"),
                 format!("socket,id={id},path={},server=on,wait=off", optval(path)),
@@ -293,6 +302,7 @@ mod tests {
             qmp_socket: "/w/qmp.sock".into(),
             events_socket: "/w/events.sock".into(),
             agent_sockets: Some(("/w/agent.sock".into(), "/w/agent-err.sock".into())),
+            refresh_socket: Some("/w/refresh.sock".into()),
             pidfile: "/w/qemu.pid".into(),
             ssh_port: 40022,
             boot,
@@ -331,6 +341,8 @@ mod tests {
         assert!(has_pair(&a, "-qmp", "unix:/w/events.sock,server=on,wait=off"));
         assert!(has_pair(&a, "-chardev", "socket,id=ag0,path=/w/agent.sock,server=on,wait=off"));
         assert!(has_pair(&a, "-device", "virtserialport,chardev=ag1,name=vmsvc.agent.err"));
+        assert!(has_pair(&a, "-chardev", "socket,id=ag2,path=/w/refresh.sock,server=on,wait=off"));
+        assert!(has_pair(&a, "-device", "virtserialport,chardev=ag2,name=vmsvc.refresh"));
         assert!(has_pair(&a, "-pidfile", "/w/qemu.pid"));
         assert!(has_pair(&a, "-netdev", "user,id=n0,hostfwd=tcp:127.0.0.1:40022-:22"));
         assert!(has_pair(&a, "-device", "virtio-net-pci,netdev=n0"));

@@ -35,6 +35,10 @@ pub struct Manifest {
     /// (sbin/vm-agent): the VM gets the ports, and commands go there first.
     #[serde(default)]
     pub agent: bool,
+    /// The guest serves its identity refresh on the virtio-serial port `vmsvc.refresh`
+    /// (`vm-refresh --serve`): a restored copy is refreshed without starting a process.
+    #[serde(default)]
+    pub refresh_port: bool,
     #[serde(default)]
     pub source_hash: Option<String>,
     /// Unix seconds of the build.
@@ -69,6 +73,8 @@ pub struct BaseImage {
     pub seed_host_key: bool,
     /// See [`Manifest::agent`].
     pub agent: bool,
+    /// See [`Manifest::refresh_port`].
+    pub refresh_port: bool,
     pub source_hash: Option<String>,
     pub built_at: Option<f64>,
 }
@@ -87,6 +93,7 @@ impl BaseImage {
             openssh_host_key: false,
             seed_host_key: false,
             agent: false,
+            refresh_port: false,
             source_hash: None,
             built_at: None,
         }
@@ -178,6 +185,7 @@ impl BaseImage {
                     openssh_host_key: m.host_key_format.as_deref() == Some("openssh"),
                     seed_host_key: m.seed_host_key && m.host_key_format.as_deref() != Some("openssh"),
                     agent: m.agent,
+                    refresh_port: m.refresh_port,
                     source_hash: m.source_hash,
                     built_at: m.built_at,
                 })

@@ -17,8 +17,17 @@ pub fn free_port() -> u16 {
 
 /// The test image's guest runs the service's agent (its manifest says so).
 pub fn image_has_agent() -> bool {
+    manifest_says("agent")
+}
+
+/// The test image's guest serves its identity refresh on a port of its own.
+pub fn image_has_refresh_port() -> bool {
+    manifest_says("refresh_port")
+}
+
+fn manifest_says(flag: &str) -> bool {
     let manifest = std::fs::read_to_string(image_dir().join("manifest.json")).unwrap_or_default();
-    serde_json::from_str::<Value>(&manifest).ok().and_then(|m| m["agent"].as_bool()).unwrap_or(false)
+    serde_json::from_str::<Value>(&manifest).ok().and_then(|m| m[flag].as_bool()).unwrap_or(false)
 }
 
 /// The image the suite runs on: VM_TEST_IMAGE (tiny, the default, or debian).
