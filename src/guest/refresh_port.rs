@@ -123,7 +123,8 @@ mod tests {
         let e = port.refresh(&identity("x", "a2V5"), Duration::from_secs(5)).await.unwrap_err();
         assert!(e.to_string().contains("setting the clock: Operation not permitted"), "{e}");
         server.await.unwrap();
+        // The guest side gone: an error (the write's broken pipe, or EOF), not a hang.
         let e = port.ping(Duration::from_secs(5)).await.unwrap_err();
-        assert!(e.to_string().contains("closed"), "{e}");
+        assert!(e.to_string().contains("refresh port"), "{e}");
     }
 }
