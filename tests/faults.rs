@@ -163,7 +163,9 @@ async fn a_full_host_disk_fails_a_pause_and_freezes_the_guest_until_space_is_fre
     let _ = std::fs::create_dir_all(mnt.join("images"));
     let _ = std::os::unix::fs::symlink(image_dir(), mnt.join("images").join(image_name()));
     let id = s.running_vm().await;
-    s.exec(&id, "echo hello > /root/kept && sync").await;
+    // The tiny guest grows its filesystem to disk_gib in the background after boot: its writes
+    // must be done before the host's disk fills, or they (not the write below) freeze the guest.
+    s.exec(&id, "while [ -e /run/vm-growing ]; do sleep 0.2; done; echo hello > /root/kept && sync").await;
     let ev = s.client.get(s.url(&format!("/vms/{id}/events"))).bearer_auth(TOKEN).send().await.unwrap();
     let mut events = SseReader::new(ev);
     let filler = mnt.join("filler");
