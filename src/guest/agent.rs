@@ -49,12 +49,14 @@ pub struct Agent {
     ports: tokio::sync::Mutex<Option<Ports>>,
 }
 
-async fn connect_one(path: &Path, wait: Duration) -> Result<UnixStream, GuestError> {
+/// Connects to a unix socket QEMU listens on (`what` names it in the error), waiting up to
+/// `wait` for QEMU to create it.
+pub(super) async fn connect_socket(path: &Path, wait: Duration, what: &str) -> Result<UnixStream, GuestError> {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         match UnixStream::connect(path).await {
             Ok(s) => return Ok(s),
-            Err(e) if tokio::time::Instant::now() >= deadline => return Err(GuestError::Connect(format!("agent socket {}: {e}", path.display()))),
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(GuestError::Connect(format!("{what} socket {}: {e}", path.display()))),
             Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
         }
     }
@@ -65,8 +67,8 @@ impl Agent {
     /// create them. Connected, QEMU tells the guest a host is there; whether a runner
     /// answers is only known from the first command.
     pub async fn connect(out: &Path, err: &Path, wait: Duration) -> Result<Agent, GuestError> {
-        let out = connect_one(out, wait).await?;
-        let err = connect_one(err, wait).await?;
+        let out = connect_socket(out, wait, "agent").await?;
+        let err = connect_socket(err, wait, "agent").await?;
         let ports = Ports { out, err, out_buf: vec![0; 64 * 1024], err_buf: vec![0; 64 * 1024], in_flight: false };
         Ok(Agent { ports: tokio::sync::Mutex::new(Some(ports)) })
     }

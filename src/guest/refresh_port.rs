@@ -43,14 +43,7 @@ impl Identity<'_> {
 impl RefreshPort {
     /// Connects to the port's socket, waiting up to `wait` for QEMU to create it.
     pub async fn connect(path: &Path, wait: Duration) -> Result<RefreshPort, GuestError> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            match UnixStream::connect(path).await {
-                Ok(s) => return Ok(RefreshPort { stream: BufReader::new(s) }),
-                Err(e) if tokio::time::Instant::now() >= deadline => return Err(GuestError::Connect(format!("refresh socket {}: {e}", path.display()))),
-                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-            }
-        }
+        Ok(RefreshPort { stream: BufReader::new(super::agent::connect_socket(path, wait, "refresh").await?) })
     }
 
     /// Whether the guest's server answers (it then waits on the port for the next line).

@@ -62,15 +62,20 @@ pub(crate) async fn reconnect(target: Target, limit: Duration) -> std::result::R
 /// Connects to the guest agent's sockets of the QEMU `live` just started (None, logged,
 /// when they do not appear: commands then go over SSH).
 pub(crate) async fn connect_agent(id: &str, f: &VmFiles, live: &Live) -> Option<Agent> {
+    match while_running(live, Agent::connect(&f.agent, &f.agent_err, Duration::from_secs(5))).await? {
+        Ok(a) => Some(a),
+        Err(e) => {
+            tracing::warn!(vm_id = %id, error = %e, "no guest agent; commands go over SSH");
+            None
+        }
+    }
+}
+
+/// `fut`'s outcome, or None once the QEMU of `live` has exited.
+async fn while_running<T>(live: &Live, fut: impl std::future::Future<Output = T>) -> Option<T> {
     let mut exited = live.exited.clone();
     tokio::select! {
-        r = Agent::connect(&f.agent, &f.agent_err, Duration::from_secs(5)) => match r {
-            Ok(a) => Some(a),
-            Err(e) => {
-                tracing::warn!(vm_id = %id, error = %e, "no guest agent; commands go over SSH");
-                None
-            }
-        },
+        r = fut => Some(r),
         _ = exited.wait_for(|e| *e) => None,
     }
 }
@@ -82,12 +87,30 @@ const REFRESH_PORT_WAIT: Duration = Duration::from_secs(3);
 /// Connects the refresh port of the QEMU `live` just started and keeps it in `live` (left
 /// out, logged, when its socket does not appear: copies are then refreshed by a command).
 pub(crate) async fn connect_refresh(id: &str, f: &VmFiles, live: &Live) {
-    let mut exited = live.exited.clone();
-    let port = tokio::select! {
-        r = RefreshPort::connect(&f.refresh, Duration::from_secs(5)) => r.map_err(|e| tracing::warn!(vm_id = %id, error = %e, "no refresh port")).ok(),
-        _ = exited.wait_for(|e| *e) => None,
+    let port = match while_running(live, RefreshPort::connect(&f.refresh, Duration::from_secs(5))).await {
+        Some(Ok(p)) => Some(p),
+        Some(Err(e)) => {
+            tracing::warn!(vm_id = %id, error = %e, "no refresh port; copies are refreshed by a command");
+            None
+        }
+        None => None,
     };
     *live.refresh.lock().await = port;
+}
+
+/// Gives a restored guest `identity` through its refresh port; false when it has none or the
+/// port failed (then dropped: a late answer would be taken for the next request's).
+async fn refresh_on_port(id: &str, live: &Live, identity: &Identity<'_>) -> bool {
+    let mut port = live.refresh.lock().await;
+    let Some(p) = port.as_mut() else { return false };
+    match p.refresh(identity, REFRESH_PORT_WAIT).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(vm_id = %id, error = %e, "the refresh port failed; refreshing by a command");
+            *port = None;
+            false
+        }
+    }
 }
 
 /// Owns a launched QEMU until the boot commits: dropped before that, it kills QEMU and
@@ -359,28 +382,13 @@ impl Manager {
                 let seed: String = seed.iter().map(|b| format!("{b:02x}")).collect();
                 let (key_file, key) = new_host_key(image.openssh_host_key)?;
                 let epoch = host_time_for(guest).await?;
-                let mut way = "a command";
-                let mut port = live.refresh.lock().await;
                 let identity = Identity { vm_id: id, epoch, seed_hex: &seed, host_key_b64: &key_file, no_page_reports: r.ram.is_some() };
-                let done = match port.as_mut() {
-                    Some(p) if r.refresh_port => match p.refresh(&identity, REFRESH_PORT_WAIT).await {
-                        Ok(()) => true,
-                        Err(e) => {
-                            // A late answer would be taken for the next request's: the port goes.
-                            tracing::warn!(vm_id = %id, error = %e, "the refresh port failed; refreshing by a command");
-                            *port = None;
-                            false
-                        }
-                    },
-                    _ => false,
-                };
-                drop(port);
-                if done {
-                    way = "the refresh port";
-                } else {
+                let on_port = r.refresh_port && refresh_on_port(id, live, &identity).await;
+                if !on_port {
                     let refresh = crate::guest::cmd::refresh(&refresh, id, epoch, &seed, &key_file, r.ram.is_some());
                     guest.run_checked(&refresh, Duration::from_secs(30)).await?;
                 }
+                let way = if on_port { "the refresh port" } else { "a command" };
                 guest.retarget(id, &key);
                 self.emit_step(
                     id,
