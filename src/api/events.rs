@@ -21,8 +21,10 @@ fn current(rec: &crate::model::VmRecord) -> Event {
 }
 
 fn stream_for(st: &AppState, initial: Vec<Event>, filter: Option<String>) -> impl Stream<Item = Result<SseEvent, Infallible>> {
-    let rx = BroadcastStream::new(st.mgr.subscribe());
-    let live = rx.filter_map(move |e| {
+    let (rx, following) = st.mgr.follow(filter.as_deref());
+    let live = BroadcastStream::new(rx).filter_map(move |e| {
+        // The stream owns `following`: the client counts as following until it goes away.
+        let _following = &following;
         let keep = e.filter(|e| filter.as_deref().is_none_or(|id| id == e.vm_id));
         async move { keep.map(|e| Ok(to_sse(&e))) }
     });

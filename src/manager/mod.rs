@@ -195,6 +195,8 @@ pub struct Manager {
     admission: tokio::sync::Mutex<()>,
     pending: capacity::Pending,
     pub(crate) events: broadcast::Sender<Event>,
+    /// Clients following the event stream, by VM (see `follow`).
+    followers: Arc<Mutex<events::Followers>>,
     pub stats: stats::NodeStats,
     pub(crate) snapshot_policy: snapshot::Policy,
     qemu_version: OnceCell<String>,
@@ -246,6 +248,7 @@ impl Manager {
             admission: Default::default(),
             pending: Default::default(),
             events,
+            followers: Arc::default(),
             stats: stats::NodeStats::default(),
             snapshot_policy: cfg_policy,
             qemu_version: OnceCell::new(),
@@ -338,11 +341,6 @@ impl Manager {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(30), slot.op.clone().lock_owned()).await;
         }
         slot.live().and_then(|l| l.guest()).ok_or(ManagerError::NotRunning)
-    }
-
-    /// Lifecycle events of every VM from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.events.subscribe()
     }
 
     pub(crate) fn running(&self) -> Vec<(String, Arc<Live>)> {

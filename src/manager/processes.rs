@@ -1,6 +1,6 @@
 //! Background processes in a VM (start, status with long-poll, stop, list, log following),
 //! the ports it listens on, and HTTP to those ports over an SSH tunnel (proxy, preview).
-//! A watcher turns what changes into events while someone follows the event stream.
+//! A watcher turns what changes into events while someone follows the VM's events.
 use super::{lock, Live, Manager, ManagerError, Result};
 use crate::guest::jobs;
 use crate::guest::GuestVm;
@@ -24,7 +24,7 @@ pub struct Started {
 pub const MAX_WAIT_S: u64 = 240;
 /// How long a stopped job has between TERM and KILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
-/// How often the watcher looks at ports and jobs (only while events are followed).
+/// How often the watcher looks at ports and jobs (only while the VM's events are followed).
 const WATCH_EVERY: Duration = Duration::from_secs(2);
 
 /// A port a request may reach in the guest: 1 … 65535, SSH's excepted.
@@ -94,7 +94,7 @@ impl Manager {
         Ok(guest.tunnel(port).await?)
     }
 
-    /// While the VM runs and someone follows the events: every WATCH_EVERY, its listening
+    /// While the VM runs and someone follows its events: every WATCH_EVERY, its listening
     /// ports and jobs; an opened or closed port, or a job that ended, is an event.
     pub(crate) fn watch_activity(self: &Arc<Self>, id: &str, live: Arc<Live>) {
         let (me, id) = (self.clone(), id.to_string());
@@ -112,7 +112,7 @@ impl Manager {
                     if live.exited.borrow().to_owned() {
                         return;
                     }
-                    if me.events.receiver_count() == 0 {
+                    if !me.followed(&id) {
                         ports = None;
                         running.clear();
                         continue;
