@@ -208,6 +208,13 @@ dd if=/usr/lib/syslinux/mbr/mbr.bin of="$raw" bs=440 count=1 conv=notrunc status
 p1_off=$((p1_start * 512)); p2_off=$((p2_start * 512))
 mkfs.vfat -F 16 -n TINYBOOT --offset "$p1_start" "$raw" $((p1_sectors / 2)) >/dev/null
 syslinux --offset "$p1_off" --install "$raw"
+# Kernel parameters, both boot paths. Measured under TCG (paired, n = 12, BENCHMARKS.md):
+# rcupdate.rcu_expedited=1 and cryptomgr.notests take ≈ 0.23 s off a cold boot. Every
+# synchronize_rcu() after the kernel's own init (module loads in the initramfs and rcS, the
+# network, remounts) otherwise waits for a normal grace period, long under TCG; the crypto
+# manager's self-tests of every algorithm registered at boot took ≈ 0.25 s of the kernel's
+# 0.7 s init (initcall_debug) and guard against a miscompiled kernel, not a guest's inputs.
+cmdline="root=/dev/vda2 console=ttyS0 rcupdate.rcu_expedited=1 cryptomgr.notests"
 cat > "$work/syslinux.cfg" <<EOF
 DEFAULT linux
 PROMPT 0
@@ -215,7 +222,7 @@ TIMEOUT 0
 LABEL linux
   KERNEL /vmlinuz
   INITRD /initrd.gz
-  APPEND root=/dev/vda2 console=ttyS0
+  APPEND $cmdline
 EOF
 cp "$kernel" "$work/vmlinuz"
 mcopy -o -i "$raw@@$p1_off" "$work/syslinux.cfg" "$work/vmlinuz" "$work/initrd.gz" ::/
@@ -248,7 +255,7 @@ cat > "$out/manifest.json.tmp" <<EOF
   "disk": "disk.qcow2",
   "kernel": "vmlinux",
   "initrd": "initrd.gz",
-  "cmdline": "root=/dev/vda2 console=ttyS0",
+  "cmdline": "$cmdline",
   "ssh_user": "root",
   "machine": "$machine",
   "cpu": "qemu64,+rdrand",
