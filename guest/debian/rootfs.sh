@@ -41,6 +41,7 @@ for d in "$root"/lib/modules/*/kernel/drivers; do
   rm -rf "$d"/{gpu,media,net/wireless,infiniband,staging,sound,bluetooth,iio,isdn,hid,input/touchscreen,input/joystick,usb/gadget}
 done
 rm -rf "$root"/lib/modules/*/kernel/sound
-for k in "$root"/lib/modules/*; do depmod -b "$root" "$(basename "$k")"; done
+# The guest's own depmod (kmod is in the image; a bare host may not have it).
+for k in "$root"/lib/modules/*; do chroot "$root" depmod "$(basename "$k")"; done
 rm -rf "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
 find "$root/usr/share/locale" -mindepth 1 -maxdepth 1 ! -name 'C*' ! -name 'en*' -exec rm -rf {} + 2>/dev/null || true
