@@ -116,6 +116,11 @@ pub struct Settings {
     /// Largest execute-sh timeout a request may ask for, in seconds.
     #[arg(long, env = "EXEC_MAX_TIMEOUT_S", default_value_t = 3600)]
     pub exec_max_timeout_s: u64,
+    /// Pause a running VM after this many seconds without activity (a call that reaches its
+    /// guest, an open terminal); the next such call resumes it. 0: never. Per VM: create's
+    /// `idle_pause_s`.
+    #[arg(long, env = "VM_IDLE_PAUSE_S", default_value_t = 0)]
+    pub vm_idle_pause_s: u64,
     /// Host ports for the VMs' SSH forwards, LOW-HIGH; best outside the kernel's ephemeral
     /// range (net.ipv4.ip_local_port_range), so no other process's connection takes one.
     #[arg(long, env = "VM_PORT_RANGE", default_value = "20000-29999")]
@@ -202,6 +207,8 @@ pub struct Resolved {
     pub max_disk_gib: u32,
     pub exec_timeout_s: u64,
     pub exec_max_timeout_s: u64,
+    /// Default idle pause in seconds (0: never).
+    pub idle_pause_s: u64,
     pub port_range: std::ops::RangeInclusive<u16>,
     pub console_log_max_bytes: u64,
     pub snapshots: crate::manager::snapshot::Policy,
@@ -297,6 +304,7 @@ impl Settings {
             min_free_disk_mib: self.vm_min_free_disk_mib,
             exec_timeout_s: self.exec_timeout_s.max(1),
             exec_max_timeout_s: self.exec_max_timeout_s.max(1),
+            idle_pause_s: self.vm_idle_pause_s.min(crate::manager::expiry::MAX_TTL_S),
             port_range: crate::qemu::ports::parse_range(&self.vm_port_range).map_err(|e| anyhow::anyhow!("VM_PORT_RANGE: {e}"))?,
             console_log_max_bytes: self.vm_console_log_max_kib.max(256) * 1024,
             snapshots: crate::manager::snapshot::Policy::parse(&self.vm_snapshots).map_err(|e| anyhow::anyhow!(e))?,

@@ -67,6 +67,12 @@ pub struct VmRecord {
     /// snapshot), "fork" (restored from another VM's memory), "resume" (a paused VM).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub booted_from: Option<String>,
+    /// Seconds without activity after which the service pauses the VM (None: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_pause_s: Option<u64>,
+    /// Paused by the service for idleness: the next call that needs the guest resumes it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub idle_paused: bool,
 }
 
 fn de_state<'de, D: serde::Deserializer<'de>>(d: D) -> Result<VmState, D::Error> {
@@ -121,6 +127,13 @@ pub struct VmOut {
     /// Present once the VM has run: "cold", "snapshot", "fork" or "resume".
     #[serde(skip_serializing_if = "Option::is_none")]
     pub booted_from: Option<String>,
+    /// Present only for a VM the service pauses when idle: the seconds without activity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_pause_s: Option<u64>,
+    /// Present (true) only while the VM is paused for idleness: any call that needs its
+    /// guest resumes it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub idle_paused: bool,
 }
 
 impl VmOut {
@@ -139,6 +152,8 @@ impl VmOut {
             error_reason: r.error_reason.clone(),
             expires_at: r.expires_at,
             booted_from: r.booted_from.clone(),
+            idle_pause_s: r.idle_pause_s,
+            idle_paused: r.idle_paused,
         }
     }
 }
@@ -205,6 +220,8 @@ mod tests {
             no_egress: false,
             expires_at: None,
             booted_from: None,
+            idle_pause_s: None,
+            idle_paused: false,
         };
         let s = serde_json::to_string(&r).expect("json");
         assert!(s.starts_with(r#"{"id":"a","state":"stopped","workdir":"w","vcpus":1,"mem_mib":256,"disk_gib":5,"ssh_port":2222,"ssh_user":null,"key_ref":null,"error_reason":null,"created_at":1.0,"updated_at":2.0"#), "{s}");

@@ -289,6 +289,8 @@ fn record(id: &str) -> VmRecord {
         no_egress: false,
         expires_at: None,
         booted_from: None,
+        idle_pause_s: None,
+        idle_paused: false,
     }
 }
 

@@ -333,3 +333,55 @@ async fn copies_share_the_template_ram_and_cannot_change_it() {
     }
     assert_eq!(create(&s).await["booted_from"], "cold");
 }
+
+/// Polls the VM's record until `want` holds (at most `limit`).
+async fn record_until(s: &Service, id: &str, limit: Duration, want: impl Fn(&Value) -> bool) -> Value {
+    let end = Instant::now() + limit;
+    loop {
+        let (_, v) = s.get(&format!("/vms/{id}")).await;
+        if want(&v) || Instant::now() > end {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_idle_vm_is_paused_and_the_next_call_resumes_it() {
+    let s = Service::start(Opts { extra: vec![("VM_ACCEL".into(), "tcg".into())], ..Default::default() }).await;
+    let (st, bad) = s.post("/vms", json!({"vcpus": 1, "mem_mib": 256, "disk_gib": 5, "idle_pause_s": 99_999_999_999u64})).await;
+    assert_eq!(st, 422, "{bad}");
+    assert!(bad.to_string().contains("idle_pause_s"), "{bad}");
+
+    let (st, v) = s.post("/vms?wait=true", json!({"vcpus": 1, "mem_mib": 256, "disk_gib": 5, "idle_pause_s": 3})).await;
+    assert_eq!((st.as_u16(), v["state"].as_str(), v["idle_pause_s"].as_u64()), (201, Some("running"), Some(3)), "{v}\n{}", s.log());
+    let id = v["id"].as_str().unwrap().to_string();
+    let pid =
+        s.exec(&id, "setsid sleep 1000 < /dev/null > /dev/null 2>&1 & echo $!; echo kept > /root/before").await["stdout"].as_str().unwrap().trim().to_string();
+
+    // An open terminal keeps the VM awake, however long nothing else happens.
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/vms/{id}/tty?mode=raw&token={TOKEN}", s.port)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(s.get(&format!("/vms/{id}")).await.1["state"], "running", "paused with a terminal open");
+    ws.close(None).await.unwrap();
+    drop(ws);
+
+    // Without one it is paused once idle 3 s: QEMU gone, the record says why.
+    let v = record_until(&s, &id, Duration::from_secs(60), |v| v["state"] == "paused").await;
+    assert_eq!((v["state"].as_str(), v["idle_paused"].as_bool()), (Some("paused"), Some(true)), "{v}\n{}", s.log());
+    assert!(qemus_under(&s.base).is_empty(), "QEMU still runs for a paused VM");
+
+    // The next call that needs the guest resumes it, processes and files intact.
+    let v = s.exec(&id, &format!("kill -0 {pid} && echo alive; cat /root/before")).await;
+    assert_eq!((v["ok"].as_bool(), v["stdout"].as_str()), (Some(true), Some("alive\nkept\n")), "{v}\n{}", s.log());
+    let (_, v) = s.get(&format!("/vms/{id}")).await;
+    assert_eq!((v["state"].as_str(), v["booted_from"].as_str(), v.get("idle_paused")), (Some("running"), Some("resume"), None), "{v}");
+
+    // A pause asked for is not undone by a call: it waits for its resume.
+    let (st, p) = s.post(&format!("/vms/{id}/actions"), json!({"action": "pause"})).await;
+    assert_eq!(st, 200, "{p}");
+    let (_, ex) = s.post(&format!("/vms/{id}/execute-sh"), json!({"command": "true"})).await;
+    assert_eq!((ex["ok"].clone(), ex["reason"].clone()), (json!(false), json!("VM is not running")));
+    assert_eq!(s.get(&format!("/vms/{id}")).await.1["state"], "paused");
+    assert_eq!(s.call(Method::DELETE, &format!("/vms/{id}"), None).await.0, 200);
+}

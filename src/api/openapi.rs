@@ -14,11 +14,12 @@ pub fn finish(mut doc: utoipa::openapi::OpenApi, cfg: &crate::config::Resolved) 
     doc.components.get_or_insert_with(Default::default).add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
     ErrorResponses.modify(&mut doc);
     let ttl = crate::manager::expiry::MAX_TTL_S;
-    let bounds: [(&str, &str, u64, u64); 11] = [
+    let bounds: [(&str, &str, u64, u64); 12] = [
         ("VmCreate", "vcpus", 1, cfg.max_vcpus.into()),
         ("VmCreate", "mem_mib", 256, cfg.max_mem_mib.into()),
         ("VmCreate", "disk_gib", 5, cfg.max_disk_gib.into()),
         ("VmCreate", "ttl_s", 1, ttl),
+        ("VmCreate", "idle_pause_s", 0, ttl),
         ("VmTtl", "ttl_s", 1, ttl),
         ("VmDuplicate", "vcpus", 1, cfg.max_vcpus.into()),
         ("VmDuplicate", "mem_mib", 256, cfg.max_mem_mib.into()),

@@ -156,7 +156,8 @@ struct Resize {
 }
 
 async fn session(st: AppState, vm_id: String, mode: Mode, cols: u32, rows: u32, socket: WebSocket) {
-    let mut pty = match st.mgr.open_tty(&vm_id, cols, rows).await {
+    // `_in_use`: the VM is not paused for idleness while its terminal is open.
+    let (mut pty, _in_use) = match st.mgr.open_tty(&vm_id, cols, rows).await {
         Ok(p) => p,
         Err(ManagerError::NotFound) => return close(socket, Some("VM not found"), 4404, "VM not found").await,
         Err(ManagerError::NotRunning) => return close(socket, Some("VM not running"), 4409, "VM not running").await,

@@ -28,6 +28,10 @@ pub struct VmCreate {
     /// Delete the VM this many seconds after creation (1 … 30 days). Default: no limit.
     #[serde(default)]
     pub ttl_s: Option<u64>,
+    /// Pause the VM after this many seconds without activity (a call that reaches its guest,
+    /// an open terminal); the next such call resumes it. 0: never. Default VM_IDLE_PAUSE_S.
+    #[serde(default)]
+    pub idle_pause_s: Option<u64>,
     /// Cluster mode: the node to create the VM on (default: the live node with the most room).
     #[serde(default)]
     pub node: Option<String>,
@@ -95,6 +99,7 @@ pub async fn create(
             timeout_boot_s: body.timeout_boot_s,
             no_egress: body.no_egress.unwrap_or(false),
             ttl_s: body.ttl_s,
+            idle_pause_s: body.idle_pause_s,
         })
         .await?;
     let rec = if q.wait { st.mgr.wait_settled(&rec.id, wait_limit(&st, body.timeout_boot_s)).await? } else { rec };
@@ -201,8 +206,16 @@ pub async fn duplicate(
     Path(vm_id): Path<String>,
     ApiJson(body): ApiJson<VmDuplicate>,
 ) -> Result<(StatusCode, Json<VmOut>), ApiError> {
-    let spec =
-        CreateSpec { vcpus: body.vcpus, mem_mib: body.mem_mib, disk_gib: body.disk_gib, base_image: None, timeout_boot_s: None, no_egress: false, ttl_s: None };
+    let spec = CreateSpec {
+        vcpus: body.vcpus,
+        mem_mib: body.mem_mib,
+        disk_gib: body.disk_gib,
+        base_image: None,
+        timeout_boot_s: None,
+        no_egress: false,
+        ttl_s: None,
+        idle_pause_s: None,
+    };
     let rec = st.mgr.duplicate(&vm_id, spec, body.start).await?;
     Ok((StatusCode::CREATED, Json(out(&st, &rec))))
 }
@@ -221,7 +234,15 @@ pub struct VmEnsure {
 /// this id whose next start uses the disk left on this node. Nothing is booted.
 #[utoipa::path(post, path = "/vms/{vm_id}/ensure", request_body = VmEnsure, responses((status = 200, body = VmOut), (status = 404), (status = 422)))]
 pub async fn ensure(State(st): State<AppState>, Path(vm_id): Path<String>, ApiJson(body): ApiJson<VmEnsure>) -> Result<Json<VmOut>, ApiError> {
-    let spec =
-        CreateSpec { vcpus: body.vcpus, mem_mib: body.mem_mib, disk_gib: body.disk_gib, base_image: None, timeout_boot_s: None, no_egress: false, ttl_s: None };
+    let spec = CreateSpec {
+        vcpus: body.vcpus,
+        mem_mib: body.mem_mib,
+        disk_gib: body.disk_gib,
+        base_image: None,
+        timeout_boot_s: None,
+        no_egress: false,
+        ttl_s: None,
+        idle_pause_s: None,
+    };
     Ok(Json(out(&st, &st.mgr.ensure(&vm_id, spec).await?)))
 }

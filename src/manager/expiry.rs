@@ -1,6 +1,7 @@
 //! Time to live: a VM past its `expires_at` is deleted (stop + files + record), with an
 //! `expiring` step shortly before and an `expired` step when it happens. The reaper reads
-//! the catalog once a second, so expiries survive restarts and work with either catalog.
+//! the catalog once a second, so expiries survive restarts and work with either catalog
+//! (and starts the idle pauses of idle.rs from the same read).
 use super::{Manager, ManagerError, Result};
 use crate::model::{now, VmRecord};
 use std::collections::HashSet;
@@ -56,15 +57,22 @@ impl Manager {
         tokio::spawn(async move {
             let mut warned = HashSet::new();
             let deleting = Arc::new(std::sync::Mutex::new(HashSet::new()));
+            let pausing = Arc::new(std::sync::Mutex::new(HashSet::new()));
             loop {
                 tokio::time::sleep(TICK).await;
-                me.reap_once(&mut warned, &deleting).await;
+                me.reap_once(&mut warned, &deleting, &pausing).await;
             }
         });
     }
 
-    /// `deleting`: expired VMs whose delete is under way (not started twice).
-    async fn reap_once(self: &Arc<Self>, warned: &mut HashSet<String>, deleting: &Arc<std::sync::Mutex<HashSet<String>>>) {
+    /// `deleting`: expired VMs whose delete is under way (not started twice); `pausing`: the
+    /// same for idle pauses (idle.rs), which this tick also starts.
+    async fn reap_once(
+        self: &Arc<Self>,
+        warned: &mut HashSet<String>,
+        deleting: &Arc<std::sync::Mutex<HashSet<String>>>,
+        pausing: &Arc<std::sync::Mutex<HashSet<String>>>,
+    ) {
         let records = match self.catalog.list().await {
             Ok(r) => r,
             Err(e) => {
@@ -72,6 +80,7 @@ impl Manager {
                 return;
             }
         };
+        self.pause_idle(&records, pausing);
         let t = now();
         let mut seen = HashSet::new();
         for rec in records.iter().filter(|r| r.expires_at.is_some() && r.node.as_deref().is_none_or(|n| n == self.cfg.node_name)) {

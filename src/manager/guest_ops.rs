@@ -7,6 +7,7 @@ use crate::guest::files;
 use std::time::Duration;
 use tokio::io::AsyncRead;
 
+pub use super::idle::InUse;
 pub use crate::guest::files::{ArchiveFormat, DirEntry, FailedFile, FileDownload, ReadOutcome, UploadFile, LIST_MAX_DEPTH, READ_FILE_CAP};
 pub use crate::guest::pty::Pty;
 pub use crate::guest::reader::Output;
@@ -53,7 +54,8 @@ impl Manager {
     pub async fn exec_stream(&self, id: &str, req: &ExecRequest) -> Result<tokio::sync::mpsc::Receiver<Chunk>> {
         let guest = self.guest(id).await?;
         let (script, secs) = self.prepared(req)?;
-        Ok(guest.run_streamed(&script, Duration::from_secs_f64(secs)).await?)
+        let rx = guest.run_streamed(&script, Duration::from_secs_f64(secs)).await?;
+        Ok(super::idle::hold_while(rx, guest))
     }
 
     /// Writes files under `dest` (joined segment by segment, never above it); the ones
@@ -101,9 +103,11 @@ impl Manager {
         Ok(guest.search(spec).await?)
     }
 
-    /// A login shell on a new PTY of `cols` × `rows`.
-    pub async fn open_tty(&self, id: &str, cols: u32, rows: u32) -> Result<Pty> {
+    /// A login shell on a new PTY of `cols` × `rows`; the VM counts as active (no idle
+    /// pause) while the `InUse` is kept.
+    pub async fn open_tty(&self, id: &str, cols: u32, rows: u32) -> Result<(Pty, InUse)> {
         let guest = self.guest(id).await?;
-        Ok(guest.open_pty("xterm-256color", cols, rows).await?)
+        let pty = guest.open_pty("xterm-256color", cols, rows).await?;
+        Ok((pty, guest))
     }
 }

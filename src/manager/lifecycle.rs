@@ -25,6 +25,9 @@ pub struct CreateSpec {
     pub no_egress: bool,
     /// Seconds until the VM is deleted; None: no time limit.
     pub ttl_s: Option<u64>,
+    /// Seconds without activity before the VM is paused; None: the node's VM_IDLE_PAUSE_S,
+    /// 0: never.
+    pub idle_pause_s: Option<u64>,
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> ManagerError {
@@ -104,6 +107,9 @@ impl Manager {
         }
         if let Some(ttl) = spec.ttl_s {
             super::expiry::check_ttl(ttl).map_err(|m| invalid("ttl_s", m))?;
+        }
+        if spec.idle_pause_s.is_some_and(|s| s > super::expiry::MAX_TTL_S) {
+            return Err(invalid("idle_pause_s", format!("idle_pause_s must be between 0 (never) and {}", super::expiry::MAX_TTL_S)));
         }
         Ok(())
     }
@@ -212,6 +218,8 @@ impl Manager {
             no_egress: spec.no_egress,
             expires_at: spec.ttl_s.map(|s| t + s as f64),
             booted_from: None,
+            idle_pause_s: Some(spec.idle_pause_s.unwrap_or(self.cfg.idle_pause_s)).filter(|s| *s > 0),
+            idle_paused: false,
         };
         if let Err(e) = self.catalog.put(rec.clone()).await {
             let _ = tokio::fs::remove_dir_all(&f.dir).await;

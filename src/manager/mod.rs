@@ -12,6 +12,7 @@ mod events;
 pub mod expiry;
 pub mod forward;
 pub mod guest_ops;
+pub mod idle;
 mod layers;
 pub mod lifecycle;
 pub mod pause;
@@ -171,6 +172,7 @@ pub(crate) struct Slot {
     pub live: Mutex<Option<Arc<Live>>>,
     pub console: Arc<ConsoleLog>,
     pub cpu: Mutex<Option<stats::CpuSample>>,
+    pub activity: idle::Activity,
 }
 
 impl Slot {
@@ -180,6 +182,8 @@ impl Slot {
 }
 
 pub struct Manager {
+    /// This manager, for work a `&self` call starts that needs an `Arc` (a resume, say).
+    me: std::sync::Weak<Manager>,
     pub cfg: Arc<Resolved>,
     catalog: Arc<dyn Catalog>,
     ports: PortPool,
@@ -235,7 +239,8 @@ impl Manager {
     pub fn new(cfg: Arc<Resolved>, catalog: Arc<dyn Catalog>, pubkey: String, key: PrivateKey) -> Arc<Manager> {
         let (events, _) = broadcast::channel(1024);
         let cfg_policy = cfg.snapshots;
-        Arc::new(Manager {
+        Arc::new_cyclic(|me| Manager {
+            me: me.clone(),
             ports: PortPool::new(cfg.port_range.clone()),
             cfg,
             catalog,
@@ -296,6 +301,7 @@ impl Manager {
                     live: Default::default(),
                     console: Arc::new(ConsoleLog::new(self.files(id).console, self.cfg.console_log_max_bytes)),
                     cpu: Default::default(),
+                    activity: Default::default(),
                 })
             })
             .clone()
@@ -323,24 +329,36 @@ impl Manager {
         Ok(self.catalog.get_many(&ids).await?)
     }
 
-    /// The guest of a running VM.
-    pub(crate) async fn guest(&self, id: &str) -> Result<Arc<GuestVm>> {
-        let rec = self.get(id).await?;
+    /// The guest of a running VM, for one call (the VM counts as active while it lives). A
+    /// VM the service paused for idleness is resumed first.
+    pub(crate) async fn guest(&self, id: &str) -> Result<idle::InUse> {
+        let mut rec = self.get(id).await?;
+        let slot = self.slot(id);
+        // Counted before looking at the state: an idle pause either sees this call and
+        // gives up, or is under way and this call waits for it, then resumes the VM.
+        let busy = idle::Busy::new(slot.clone());
+        if *lock(&slot.op_name) == "pause" && slot.op.try_lock().is_err() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(30), slot.op.clone().lock_owned()).await;
+            rec = self.get(id).await?;
+        }
+        if rec.state == VmState::Paused && rec.idle_paused {
+            self.wake(id).await?;
+            rec = self.get(id).await?;
+        }
         if rec.state != VmState::Running {
             return Err(ManagerError::NotRunning);
         }
-        let slot = self.slot(id);
         if let Some(why) = slot.live().and_then(|l| lock(&l.frozen).clone()) {
             return Err(ManagerError::Conflict(format!("VM is frozen: {why}")));
         }
         if let Some(g) = slot.live().and_then(|l| l.guest()) {
-            return Ok(g);
+            return Ok(idle::InUse::new(g, busy));
         }
         // Just after a restart the VM may still be being re-adopted: wait for that once.
         if *lock(&slot.op_name) == "adopt" {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(30), slot.op.clone().lock_owned()).await;
         }
-        slot.live().and_then(|l| l.guest()).ok_or(ManagerError::NotRunning)
+        slot.live().and_then(|l| l.guest()).map(|g| idle::InUse::new(g, busy)).ok_or(ManagerError::NotRunning)
     }
 
     pub(crate) fn running(&self) -> Vec<(String, Arc<Live>)> {

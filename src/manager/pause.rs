@@ -37,8 +37,14 @@ impl Manager {
 
     /// Saves the VM's memory and devices into its directory and ends its QEMU (its RAM is
     /// freed). A save that fails (a full disk, say) leaves the VM running and says why.
-    #[tracing::instrument(name = "vm.pause", skip_all, fields(vm_id = %id))]
     pub async fn pause(self: &Arc<Self>, id: &str) -> Result<VmRecord> {
+        self.pause_as(id, None).await
+    }
+
+    /// A pause asked for (`idle`: None) or made by the service after `idle` seconds without
+    /// activity: then only while no call uses the guest, and the next call resumes it.
+    #[tracing::instrument(name = "vm.pause", skip_all, fields(vm_id = %id))]
+    pub(crate) async fn pause_as(self: &Arc<Self>, id: &str, idle: Option<f64>) -> Result<VmRecord> {
         let t0 = Instant::now();
         let rec = self.get(id).await?;
         if rec.state != VmState::Running {
@@ -46,6 +52,11 @@ impl Manager {
         }
         let slot = self.slot(id);
         let _op = self.try_op(&slot, "pause")?;
+        // A call that came in before the op was taken goes on; one after it waits for the
+        // pause and then resumes the VM (Manager::guest).
+        if idle.is_some() && slot.activity.in_use() {
+            return Err(ManagerError::Busy("the guest is in use".into()));
+        }
         let live = slot.live().ok_or_else(|| not_running(&rec))?;
         let (state, meta) = (self.paused_state(id), self.paused_meta(id));
         let part = state.with_extension("bin.part");
@@ -67,9 +78,13 @@ impl Manager {
         // The guest is saved and stopped: end QEMU without a shutdown.
         live.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
         self.kill_running(id, Duration::ZERO).await;
+        if idle.is_some() {
+            self.catalog.update(id, Box::new(|r| r.idle_paused = true)).await?;
+        }
         let rec = self.set_state(id, VmState::Paused, None).await?.ok_or(ManagerError::NotFound)?;
         self.stats.observe_pause(t0.elapsed().as_secs_f64());
-        self.emit_step(id, "paused", Some(format!("{bytes} bytes saved in {:.2} s", t0.elapsed().as_secs_f64())));
+        let why = idle.map(|s| format!(", idle for {s:.0} s")).unwrap_or_default();
+        self.emit_step(id, "paused", Some(format!("{bytes} bytes saved in {:.2} s{why}", t0.elapsed().as_secs_f64())));
         Ok(rec)
     }
 
@@ -112,6 +127,9 @@ impl Manager {
         if let Err(e) = self.check_saved(id).await {
             *lock(&slot.cancel) = None;
             return Err(e);
+        }
+        if rec.idle_paused {
+            self.catalog.update(id, Box::new(|r| r.idle_paused = false)).await?;
         }
         self.relaunch(&rec, &slot, guard, cancel, Start::Resume, "resume").await
     }
@@ -164,6 +182,7 @@ impl Manager {
             timeout_boot_s: None,
             no_egress: rec.no_egress,
             ttl_s: None,
+            idle_pause_s: Some(rec.idle_pause_s.unwrap_or(0)),
         };
         let mut children = Vec::new();
         for _ in 0..count {
@@ -332,6 +351,8 @@ impl Manager {
             no_egress: false,
             expires_at: None,
             booted_from: None,
+            idle_pause_s: None,
+            idle_paused: false,
         };
         self.catalog.put(rec.clone()).await?;
         self.emit_state(id, VmState::Stopped, Some("ensured".into()));

@@ -79,7 +79,8 @@ impl Manager {
         if jobs::status(&guest, &job, 1, Some(u64::MAX >> 1), Duration::ZERO).await?.status == "unknown" {
             return Err(ManagerError::NotFoundWhat(format!("no job {job} in this VM")));
         }
-        Ok(jobs::follow(&guest, &job, since).await?)
+        let rx = jobs::follow(&guest, &job, since).await?;
+        Ok(super::idle::hold_while(rx, guest))
     }
 
     pub async fn listening_ports(&self, id: &str) -> Result<Vec<ListeningPort>> {
