@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Snapshot figures (stdlib only; reports, asserts nothing): creates restored from a warm
-snapshot side by side with cold boots in the same run (alternating), pause, resume, fork,
+snapshot side by side with cold boots in the same run (alternating), pause, resume, idle pause, fork,
 and QEMU memory of restored vs cold VMs.
 
   bench/snapshots.py --url http://127.0.0.1:8080 --token T --base-dir DIR [-n 5] [--clones 10] [--json out.json]
@@ -124,6 +124,23 @@ def main():
         first_exec(api, vid)
         add("resume_first_exec_s", time.perf_counter() - t)
 
+    # 3b. idle pause: a VM with idle_pause_s = 2 left alone until the service pauses it,
+    # then the next execute-sh (which resumes it) → its answer.
+    st, v = api.call("POST", "/vms/?wait=true", {**SHAPE, "base_image": a.image, "idle_pause_s": 2})
+    if st == 201 and v.get("state") == "running":
+        iid = v["id"]
+        first_exec(api, iid)
+        for _ in range(a.n):
+            end = time.time() + 60
+            while time.time() < end and api.call("GET", f"/vms/{iid}")[1].get("state") != "paused":
+                time.sleep(0.2)
+            t = time.perf_counter()
+            first_exec(api, iid)
+            add("idle_wake_exec_s", time.perf_counter() - t)
+        api.call("DELETE", f"/vms/{iid}")
+    else:
+        notes.append(f"idle-pause VM not created: {st} {str(v)[:160]}")
+
     # 4. fork of a running VM → the child answers execute-sh
     for _ in range(a.n):
         t = time.perf_counter()
@@ -153,7 +170,7 @@ def main():
         ("snap_running_s", "create → running, from the snapshot (s)"), ("cold_running_s", "create → running, cold boot (s)"),
         ("snap_first_exec_s", "create → first execute-sh, from the snapshot (s)"), ("cold_first_exec_s", "create → first execute-sh, cold boot (s)"),
         ("pause_s", "pause: memory saved, QEMU gone (s)"), ("resume_running_s", "resume → running (s)"),
-        ("resume_first_exec_s", "resume → first execute-sh (s)"), ("fork_child_exec_s", "fork → the child answers execute-sh (s)"),
+        ("resume_first_exec_s", "resume → first execute-sh (s)"), ("idle_wake_exec_s", "paused for idleness → execute-sh answered (the call resumes it) (s)"), ("fork_child_exec_s", "fork → the child answers execute-sh (s)"),
         ("snapshot_qemu_rss_mib", "QEMU RSS, restored VM idle 10 s (MiB)"), ("snapshot_qemu_pss_mib", "QEMU PSS, restored VM idle (MiB)"),
         ("cold_qemu_rss_mib", "QEMU RSS, cold VM idle 10 s (MiB)"), ("cold_qemu_pss_mib", "QEMU PSS, cold VM idle (MiB)"),
         (f"snap_{a.clones}_total_rss_mib", f"{a.clones} restored VMs: QEMU RSS total (MiB)"), (f"snap_{a.clones}_total_pss_mib", f"{a.clones} restored VMs: QEMU PSS total (MiB)"),
