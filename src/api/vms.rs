@@ -206,16 +206,7 @@ pub async fn duplicate(
     Path(vm_id): Path<String>,
     ApiJson(body): ApiJson<VmDuplicate>,
 ) -> Result<(StatusCode, Json<VmOut>), ApiError> {
-    let spec = CreateSpec {
-        vcpus: body.vcpus,
-        mem_mib: body.mem_mib,
-        disk_gib: body.disk_gib,
-        base_image: None,
-        timeout_boot_s: None,
-        no_egress: false,
-        ttl_s: None,
-        idle_pause_s: None,
-    };
+    let spec = CreateSpec::shape(body.vcpus, body.mem_mib, body.disk_gib);
     let rec = st.mgr.duplicate(&vm_id, spec, body.start).await?;
     Ok((StatusCode::CREATED, Json(out(&st, &rec))))
 }
@@ -234,15 +225,6 @@ pub struct VmEnsure {
 /// this id whose next start uses the disk left on this node. Nothing is booted.
 #[utoipa::path(post, path = "/vms/{vm_id}/ensure", request_body = VmEnsure, responses((status = 200, body = VmOut), (status = 404), (status = 422)))]
 pub async fn ensure(State(st): State<AppState>, Path(vm_id): Path<String>, ApiJson(body): ApiJson<VmEnsure>) -> Result<Json<VmOut>, ApiError> {
-    let spec = CreateSpec {
-        vcpus: body.vcpus,
-        mem_mib: body.mem_mib,
-        disk_gib: body.disk_gib,
-        base_image: None,
-        timeout_boot_s: None,
-        no_egress: false,
-        ttl_s: None,
-        idle_pause_s: None,
-    };
+    let spec = CreateSpec::shape(body.vcpus, body.mem_mib, body.disk_gib);
     Ok(Json(out(&st, &st.mgr.ensure(&vm_id, spec).await?)))
 }

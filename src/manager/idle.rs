@@ -31,7 +31,7 @@ impl Default for Activity {
 impl Activity {
     /// Seconds since the guest was last used (0 while a call uses it).
     fn idle_s(&self, at: f64) -> f64 {
-        if self.busy.load(Ordering::SeqCst) > 0 {
+        if self.in_use() {
             return 0.0;
         }
         (at - *lock(&self.last)).max(0.0)

@@ -30,6 +30,13 @@ pub struct CreateSpec {
     pub idle_pause_s: Option<u64>,
 }
 
+impl CreateSpec {
+    /// A VM of this shape with every other setting at its default.
+    pub fn shape(vcpus: u32, mem_mib: u32, disk_gib: u32) -> CreateSpec {
+        CreateSpec { vcpus, mem_mib, disk_gib, base_image: None, timeout_boot_s: None, no_egress: false, ttl_s: None, idle_pause_s: None }
+    }
+}
+
 fn invalid(field: &str, message: impl Into<String>) -> ManagerError {
     ManagerError::Invalid { field: field.into(), message: message.into() }
 }

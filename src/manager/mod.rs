@@ -179,6 +179,15 @@ impl Slot {
     pub fn live(&self) -> Option<Arc<Live>> {
         lock(&self.live).clone()
     }
+
+    /// Waits (at most 30 s) for the VM's operation when `name` is under way; whether it was.
+    async fn wait_for_op(&self, name: &str) -> bool {
+        let underway = *lock(&self.op_name) == name && self.op.try_lock().is_err();
+        if underway {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(30), self.op.clone().lock_owned()).await;
+        }
+        underway
+    }
 }
 
 pub struct Manager {
@@ -337,8 +346,7 @@ impl Manager {
         // Counted before looking at the state: an idle pause either sees this call and
         // gives up, or is under way and this call waits for it, then resumes the VM.
         let busy = idle::Busy::new(slot.clone());
-        if *lock(&slot.op_name) == "pause" && slot.op.try_lock().is_err() {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(30), slot.op.clone().lock_owned()).await;
+        if slot.wait_for_op("pause").await {
             rec = self.get(id).await?;
         }
         if rec.state == VmState::Paused && rec.idle_paused {
@@ -355,9 +363,7 @@ impl Manager {
             return Ok(idle::InUse::new(g, busy));
         }
         // Just after a restart the VM may still be being re-adopted: wait for that once.
-        if *lock(&slot.op_name) == "adopt" {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(30), slot.op.clone().lock_owned()).await;
-        }
+        slot.wait_for_op("adopt").await;
         slot.live().and_then(|l| l.guest()).map(|g| idle::InUse::new(g, busy)).ok_or(ManagerError::NotRunning)
     }
 

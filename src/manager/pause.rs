@@ -175,14 +175,10 @@ impl Manager {
             })),
         });
         let spec = CreateSpec {
-            vcpus: rec.vcpus,
-            mem_mib: rec.mem_mib,
-            disk_gib: rec.disk_gib,
             base_image: rec.base_image.clone(),
-            timeout_boot_s: None,
             no_egress: rec.no_egress,
-            ttl_s: None,
             idle_pause_s: Some(rec.idle_pause_s.unwrap_or(0)),
+            ..CreateSpec::shape(rec.vcpus, rec.mem_mib, rec.disk_gib)
         };
         let mut children = Vec::new();
         for _ in 0..count {
